@@ -34,6 +34,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from engine.benchmark.ceiling import (
+    ORDER_TEXT,
+    CeilingRow,
+    ceiling_json,
+    ceiling_markdown,
+    ceiling_sweep,
+)
 from engine.benchmark.cluster import backend_setting
 from engine.benchmark.cycle import Measured, measure_bare, measure_cycle
 from engine.benchmark.report import console, cycle_markdown, table, write_results
@@ -105,6 +112,7 @@ async def run_cycle(args: argparse.Namespace) -> None:
                     runs.append(m)
     training = await _training(args)
     console.print(table(runs, f"one cycle: {len(w.scripts)} rollouts, {w.turns:,} turns"))
+    ceiling = _ceiling(args)
     png = None
     if args.plot:
         png = _plot(args, w, runs)
@@ -124,9 +132,32 @@ async def run_cycle(args: argparse.Namespace) -> None:
         },
         "training": {"seconds": training[0], "source": training[1]},
         "runs": [asdict(m) for m in runs],
+        "ceiling": ceiling_json(ceiling, args.ceiling_seeds),
     }
-    md = cycle_markdown(cmd, w, runs, args.compress, training, png and Path(png).name)
+    measured = {(m.slots, m.order): m.efficiency for m in runs
+                if m.backend == args.backend and m.slots > 1}  # fmt: skip
+    md = cycle_markdown(
+        cmd, w, runs, args.compress, training, png and Path(png).name,
+        ceiling_markdown(ceiling, args.ceiling_seeds, measured),
+    )  # fmt: skip
     write_results(args.name, results, md, args.out)
+
+
+def _ceiling(args: argparse.Namespace) -> list[CeilingRow]:
+    """The zero-overhead ceiling over --ceiling-seeds cycles, on the terminal too."""
+    if args.ceiling_seeds <= 0:
+        return []
+    rows = ceiling_sweep(args.tasks, args.samples, args.slots, args.ceiling_seeds)
+    from rich.table import Table
+
+    t = Table(title=f"what a zero-overhead engine reaches, {args.ceiling_seeds} seeded cycles")
+    for col in ("slots", "order", "mean", "p10", "cycles ≥ 97%"):
+        t.add_column(col, justify="left" if col == "order" else "right")
+    for r in rows:
+        t.add_row(str(r.slots), ORDER_TEXT[r.order], f"{r.mean:.1%}", f"{r.p10:.1%}",
+                  f"{r.share_at_target:.0%}")  # fmt: skip
+    console.print(t)
+    return rows
 
 
 async def _measure(
@@ -327,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run the first slot count in the other order (on)",
+    )
+    g.add_argument(
+        "--ceiling-seeds",
+        type=int,
+        default=200,
+        help="also list-schedule this many seeded cycles with zero engine cost: the "
+        "efficiency any engine can reach on this workload, by order (200; 0 = off)",
     )
     g.add_argument(
         "--control",

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from engine.bench import PAPER_SEQUENTIAL_S, main, make_workload
+from engine.benchmark.ceiling import ceiling_sweep, order_durations, zero_overhead_efficiency
 from engine.benchmark.workload import hint_order, list_schedule
 from engine.benchmark.world import world_clock
 
-TINY = ["--tasks", "2", "--samples", "4", "--compress", "8000", "--no-progress"]
+TINY = ["--tasks", "2", "--samples", "4", "--compress", "8000", "--no-progress",
+        "--ceiling-seeds", "12"]  # fmt: skip
 
 
 def test_the_workload_is_seeded_and_calibrated() -> None:
@@ -85,6 +87,36 @@ def test_cycle_bench_runs_and_writes_results(tmp_path: Path) -> None:
     assert seq["slots"] == 1 and seq["bound_paper_s"] == pytest.approx(seq["work_paper_s"])
     assert seq["rows"] > 0 and seq["peak_rss_mb"] > 0
     assert res["training"]["source"] == "paper's figure"
+    ceiling = res["ceiling"]
+    assert ceiling["seeds"] == 12
+    assert {(r["slots"], r["order"]) for r in ceiling["rows"]} == {
+        (4, "given"),
+        (4, "hint"),
+        (4, "clairvoyant"),
+    }
+    assert "What any engine can reach" in md
+
+
+def test_the_ceiling_is_the_zero_overhead_list_schedule() -> None:
+    # bound max(3, 12/2 = 6) over the greedy makespan 7
+    assert zero_overhead_efficiency([3, 3, 2, 2, 2], 2) == pytest.approx(6 / 7)
+    assert zero_overhead_efficiency([9, 1, 1], 3) == 1.0  # the longest rollout is the bound
+    w = make_workload(3, 5, seed=4)
+    clairvoyant = order_durations(w, "clairvoyant")
+    assert clairvoyant == sorted(clairvoyant, reverse=True)
+    hint = order_durations(w, "hint")
+    first = hint_order(w)[0]
+    assert hint[:5] == [w.rollout_s(first * 5 + s) for s in range(5)]
+    assert sorted(hint) == sorted(clairvoyant) == sorted(order_durations(w, "given"))
+    rows = ceiling_sweep(3, 5, [2, 4], seeds=20)
+    assert len(rows) == 6
+    for r in rows:
+        assert 0 < r.p10 <= r.median <= 1 and 0 < r.mean <= 1 and 0 <= r.share_at_target <= 1
+    by = {(r.slots, r.order): r for r in rows}
+    for m in (2, 4):  # knowing every duration never loses on average to guessing
+        assert by[m, "clairvoyant"].mean >= by[m, "hint"].mean - 1e-9
+    with pytest.raises(ValueError, match="unknown order"):
+        order_durations(w, "fastest")
 
 
 def test_overlap_trains_every_group(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80
     console = Console(width=200)
 COLUMNS = (
     "run", "slots", "order", "paper-s", "bound", "eff.", "speedup", "zero-overhead",
-    "engine loss", "engine/turn", "tail loss", "late/call", "CPU/turn", "engine CPU", "rows/s",
-    "peak MB",
+    "vs zero-ovh.", "engine loss", "engine/turn", "tail loss", "late/call", "CPU/turn",
+    "engine CPU", "rows/s", "peak MB",
 )  # fmt: skip
 
 
@@ -40,6 +40,7 @@ def row(m: Measured) -> list[str]:
         f"{m.efficiency:.1%}",
         f"{m.speedup:.1f}×",
         f"{m.ideal_order_paper_s:,.0f}",
+        f"{m.ideal_order_paper_s / m.paper_s:.1%}",
         f"{m.engine_loss_paper_s / m.paper_s:.1%}",
         f"{m.engine_ms_per_turn:.2f} ms",
         f"{m.tail_loss_paper_s / m.paper_s:.1%}",
@@ -117,6 +118,7 @@ def cycle_markdown(
     compress: float,
     training: tuple[float, str],
     png: str | None,
+    ceiling: list[str] | None = None,
 ) -> str:
     lines = [
         f"# Rollout cycle: sequential vs distributed ({time.strftime('%Y-%m-%d %H:%M UTC')})",
@@ -138,7 +140,9 @@ def cycle_markdown(
         "Columns: paper-s = measured makespan; bound = max(longest rollout's work, total work ÷ "
         "slots) from the work the simulated model and tools did in this run; eff. = bound ÷ "
         "measured; zero-overhead = the same work list-scheduled in the same order with no "
-        "engine cost; engine loss = slot time not spent on world work ÷ slots, as a share of "
+        "engine cost; vs zero-ovh. = that ÷ measured (the engine's own efficiency: 100% "
+        "means nothing is lost to the engine, the rest of the gap to the bound is the "
+        "workload's); engine loss = slot time not spent on world work ÷ slots, as a share of "
         "the makespan; engine/turn = that slot time in wall ms per turn (not compressed); "
         "tail loss = the rest above the bound (ramp-up and the list-scheduling "
         "tail); late/call = mean time from a reply being due to the loop running its timer; "
@@ -150,6 +154,7 @@ def cycle_markdown(
         "",
         *loss_notes(runs, compress),
         "",
+        *(ceiling or []),
         "## The cycle: rollouts + training",
         "",
         *cycle_split(runs, *training),
