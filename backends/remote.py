@@ -112,6 +112,8 @@ class WorkerHandle:
             raise WorkerBusy(f"worker {self.name} is busy: {why}")
         if status == 404:
             raise self._lost(f"{why} (the worker restarted?)")
+        if status == 410:  # the environment raised an InfraError; the worker lives on
+            raise EnvironmentLost(f"on worker {self.name}: {why}")
         if status == 400 and path == "/envs":
             raise ConfigError(f"worker {self.name}", str(why))
         raise InfraError(f"worker {self.name} answered {status} to {path}: {why}")

@@ -20,6 +20,7 @@ import anyio
 
 from engine.environment import Observation, ToolCall, ToolSpec
 from engine.envs.arithmetic import CALCULATOR, ArithmeticEnvironment
+from engine.errors import EnvironmentLost
 from engine.registry import declare
 from engine.tasks import TaskView
 
@@ -69,7 +70,7 @@ class CpuEnvironment:
 
 
 class ProbeEnvironment(ArithmeticEnvironment):
-    """The calculator, plus ``hang``, ``boom``, ``crash`` and ``whoami``."""
+    """The calculator, plus ``hang``, ``boom``, ``crash``, ``lost`` and ``whoami``."""
 
     def __init__(self, tool_delay: float = 0.0) -> None:
         super().__init__(tool_delay)
@@ -78,7 +79,9 @@ class ProbeEnvironment(ArithmeticEnvironment):
     @property
     def tools(self) -> list[ToolSpec]:
         return [CALCULATOR, _tool("hang", "Never returns."), _tool("boom", "Raises."),
-                _tool("crash", "Ends the hosting process."), _tool("whoami", "Who hosts me.")]
+                _tool("crash", "Ends the hosting process."),
+                _tool("lost", "Says the environment is gone (EnvironmentLost)."),
+                _tool("whoami", "Who hosts me.")]
 
     async def reset(self, task: TaskView) -> Observation:
         self.view = task
@@ -91,6 +94,8 @@ class ProbeEnvironment(ArithmeticEnvironment):
             raise ValueError("boom on request")
         if call.name == "crash":
             os._exit(17)
+        if call.name == "lost":
+            raise EnvironmentLost("probe: the environment's browser died")
         if call.name == "whoami":
             view = self.view.to_dict() if self.view else None
             return Observation(json.dumps({"pid": os.getpid(), "view": view}))

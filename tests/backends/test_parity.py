@@ -116,6 +116,30 @@ async def test_infra_faults_are_retried_and_recorded(make_backend: BackendFactor
     assert all("HTTP 503" in (a.error or "") for a in attempts[:2])
 
 
+async def test_an_environment_that_says_it_is_lost_is_retried(
+        make_backend: BackendFactory, make_engine: EngineFactory) -> None:
+    lost = {"left": 1}
+
+    def policy(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
+        if messages[-1]["role"] == "user" and lost["left"] > 0:
+            lost["left"] -= 1
+            return {"tool_calls": [{"name": "lost", "arguments": {}}]}
+        return calculator_then_answer().handler(messages, tools)
+
+    async with make_engine(backend=make_backend(), max_attempts=3) as engine:
+        run = await engine.run(arithmetic_tasks(1), Agent(ScriptedPolicy(policy)),
+                               environment="probe", scorer="arithmetic")
+        (r,) = await run.rollouts()
+        attempts = await engine.store.attempts(r.id)
+        msgs = await run.messages(r.id)
+    assert r.state == "done" and r.reward == 1.0 and r.attempt == 2
+    assert [a.state for a in attempts] == ["error", "done"]
+    assert "browser died" in (attempts[0].error or "")
+    # the agent never saw the loss as an observation: the attempt ended instead
+    results = [m.payload.get("content", "") for m in msgs if m.category == "tool_result"]
+    assert not any("browser died" in c for c in results)
+
+
 async def test_environments_never_see_the_ground_truth(make_backend: BackendFactory,
                                                        make_engine: EngineFactory) -> None:
     secret = "the-secret-answer-8812"

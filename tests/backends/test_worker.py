@@ -45,7 +45,7 @@ async def test_protocol_round_trip(tmp_path: Path) -> None:
             assert status == 200
             env = created["env_id"]
             names = [t["function"]["name"] for t in created["tools"]]
-            assert names == ["calculator", "hang", "boom", "crash", "whoami"]
+            assert names == ["calculator", "hang", "boom", "crash", "lost", "whoami"]
             status, obs = await call(s, w, "POST", f"/envs/{env}/reset", {"task_view": view()})
             assert status == 200 and obs["content"].startswith("What is 2+3?")
             status, obs = await call(s, w, "POST", f"/envs/{env}/step",
@@ -61,6 +61,10 @@ async def test_protocol_round_trip(tmp_path: Path) -> None:
             assert status == 200 and obs["is_error"] and "not valid JSON" in obs["content"]
             status, obs = await call(s, w, "POST", f"/envs/{env}/step", tool("nope"))
             assert status == 200 and "unknown tool 'nope'" in obs["content"]
+            # an environment that says it is gone is not a tool error: 410, the worker lives on
+            status, err = await call(s, w, "POST", f"/envs/{env}/step", tool("lost"))
+            assert status == 410 and "EnvironmentLost" in err["error"]
+            assert "browser died" in err["error"]
             assert (await call(s, w, "GET", "/health"))[1]["free"] == 1
             status, _ = await call(s, w, "DELETE", f"/envs/{env}")
             assert status == 200
