@@ -29,6 +29,7 @@ from engine.errors import ConfigError
 from engine.export import export_jsonl
 from engine.logs import configure_logging
 from engine.messages import Message
+from engine.ordering import ORDERS, TaskOrder, check_order, estimates, longest_first
 from engine.passk import PassAtK, compute_pass_at_k
 from engine.recording import RolloutState
 from engine.rollout import Limits, Outcome, Rollout, Scorer
@@ -190,8 +191,15 @@ class Engine:
         scorer: str | Scorer = "exact",
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        order: TaskOrder = "given",
     ) -> Run:
-        """Run every task ``samples`` times (one GRPO group per task) to a result each."""
+        """Run every task ``samples`` times (one GRPO group per task) to a result each.
+
+        ``order`` is the order rollouts start in: ``"given"``, ``"longest_first"``
+        (by each task's mean duration in earlier runs of this store, else its
+        ``metadata["expected_s"]``), or a function task -> expected seconds; see
+        `engine.ordering`. Longest first shortens a run's tail."""
+        check_order(order)
         task_list = check_unique_ids(tasks)
         if not task_list:
             raise ConfigError("tasks", "no tasks given", "pass at least one Task")
@@ -214,6 +222,7 @@ class Engine:
                 "rollout_timeout": self.scheduler_config.limits.rollout_timeout,
             },
             "metadata": metadata or {},
+            "order": _order_name(order),
         }
         self.store.create_run(run_id, config, code_version())
         self.store.add_tasks(run_id, task_list)
@@ -224,7 +233,9 @@ class Engine:
                 self.store.add_rollout(rid, run_id, task.id, i, self.backend.name)
                 pending.append(Pending(_new_record(rid, run_id, task.id, i), task))
         await self.store.commit()
-        log.info("run started", run=run_id, tasks=len(task_list), samples=samples)
+        pending = longest_first(pending, _task_of, await estimates(task_list, order, self.store))
+        log.info("run started", run=run_id, tasks=len(task_list), samples=samples,
+                 order=_order_name(order))  # fmt: skip
         await self._drive(run_id, pending, agent, env, score_fn)
         return Run(self.store, run_id)
 
@@ -235,9 +246,16 @@ class Engine:
         *,
         environment: EnvironmentArg | None = None,
         scorer: str | Scorer | None = None,
+        order: TaskOrder | None = None,
     ) -> Run:
-        """Finish every rollout of a run that has no result yet; others stay as they are."""
+        """Finish every rollout of a run that has no result yet; others stay as they are.
+
+        ``order`` defaults to the run's own when it was a name (see `run`)."""
         record = await self.store.run(run_id)
+        if order is None:
+            stored = record.config.get("order", "given")
+            order = stored if stored in ORDERS else "given"
+        check_order(order)
         env: EnvSpec | EnvFactory
         if environment is not None:
             env = self._environment(environment)
@@ -254,6 +272,8 @@ class Engine:
         unfinished = await self.store.unfinished(run_id)
         seqs = await self.store.next_seqs(run_id)
         pending = [Pending(r, tasks[r.task_id], seqs[r.id]) for r in unfinished]
+        todo = list({p.task.id: p.task for p in pending}.values())
+        pending = longest_first(pending, _task_of, await estimates(todo, order, self.store))
         self.store.set_run_status(run_id, "running")
         log.info("run resumed", run=run_id, unfinished=len(pending))
         await self._drive(run_id, pending, agent, env, score_fn)
@@ -318,6 +338,14 @@ class Engine:
                 self.store.set_run_status(run_id, status)
                 await self.store.commit()
                 log.info("run ended", run=run_id, status=status, **tally)
+
+
+def _task_of(item: Pending) -> Task:
+    return item.task
+
+
+def _order_name(order: TaskOrder) -> str:
+    return order if isinstance(order, str) else getattr(order, "__qualname__", repr(order))
 
 
 def _new_record(rid: str, run_id: str, task_id: str, sample_index: int) -> RolloutRecord:

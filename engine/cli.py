@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-turns", type=int, help="turn limit per rollout (default 8)")
     run.add_argument("--k", type=parse_ks, help="pass@k to report, e.g. 1,4,8")
     run.add_argument("--run-id", help="name the run (default: a fresh id)")
+    run.add_argument(
+        "--order",
+        choices=("given", "longest_first"),
+        help="start order: as given, or the longest tasks first by their mean duration "
+        "in earlier runs of this store (else metadata expected_s); default given",
+    )
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
     resume = sub.add_parser("resume", help="finish every rollout of a run that has no result")
@@ -120,6 +126,7 @@ async def _run(args: argparse.Namespace) -> int:
         "environment.name": args.env,
         "agent.max_turns": args.max_turns,
         "tasks.file": args.tasks,
+        "order": args.order,
     }
     if args.arithmetic is not None:
         overrides.update({"tasks.builtin": "arithmetic", "tasks.count": args.arithmetic})
@@ -158,6 +165,7 @@ async def _run(args: argparse.Namespace) -> int:
                 samples=cfg.samples,
                 scorer=cfg.scorer,
                 run_id=run_id,
+                order=cfg.order,
             )
         finally:
             await _close_policy(agent.policy)

@@ -101,6 +101,7 @@ class RunConfig(_Strict):
     max_attempts: int = Field(default=3, ge=1)
     step_timeout: float = Field(default=120.0, gt=0)
     rollout_timeout: float | None = Field(default=None, gt=0)
+    order: Literal["given", "longest_first"] = "given"
     tasks: TasksConfig
     environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

@@ -74,6 +74,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- the mean duration of a task across runs, for ordering a new run's rollouts
+        CREATE INDEX rollouts_by_task ON rollouts(task_id, state);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

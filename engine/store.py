@@ -529,6 +529,24 @@ class TraceStore:
             groups.setdefault(task_id, []).append((state, reward))
         return groups
 
+    async def task_durations(self, task_ids: Iterable[str]) -> dict[str, tuple[float, int]]:
+        """Per task id: (mean wall seconds, attempts) over the attempts that ended
+        normally (done, failed or timed out) in any run of this store."""
+        ids = list(dict.fromkeys(task_ids))
+        out: dict[str, tuple[float, int]] = {}
+        for start in range(0, len(ids), 500):  # SQLite's host-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._fetch(
+                "SELECT r.task_id, AVG(a.finished_at - a.started_at), COUNT(*)"
+                " FROM rollouts r JOIN attempts a ON a.rollout_id = r.id"
+                f" WHERE r.task_id IN ({marks}) AND a.state IN ('done', 'failed', 'timed_out')"
+                " AND a.finished_at IS NOT NULL GROUP BY r.task_id",
+                tuple(chunk),
+            )
+            out.update({r[0]: (float(r[1]), int(r[2])) for r in rows})
+        return out
+
     async def count_messages(self, run_id: str | None = None) -> int:
         if run_id is None:
             rows = await self._fetch("SELECT COUNT(*) FROM messages")

@@ -23,13 +23,20 @@ from engine.agent import Agent
 from engine.api import Engine
 from engine.cli import console, parse_ks, print_report
 from engine.errors import ConfigError, DrillyardError
+from engine.ordering import TaskOrder
 from engine.policy.base import SamplingParams
 from engine.policy.openai import OpenAIPolicy
 from gaia import BUNDLED
 from gaia.agent import DEFAULT_MAX_TURNS, gaia_agent, gaia_environment
 from gaia.environment import DEFAULT_TOOLS, GaiaEnvironment
-from gaia.loader import load_gaia
+from gaia.loader import annotator_steps, load_gaia
 from gaia.submission import write_submission
+
+ORDER_CHOICES: dict[str, TaskOrder] = {
+    "steps": annotator_steps,  # the annotator's step count: more steps, longer
+    "history": "longest_first",  # mean duration in earlier runs of the store
+    "given": "given",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-timeout", type=float, default=120.0)
     p.add_argument("--rollout-timeout", type=float)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--order", choices=ORDER_CHOICES, default="steps",
+                   help="start order: 'steps' = most annotator steps first (default), "
+                   "'history' = longest mean duration in earlier runs of this store first, "
+                   "'given' = as in the data")
     return p
 
 
@@ -118,6 +129,7 @@ async def run(args: argparse.Namespace) -> int:
         try:
             result = await engine.run(tasks, agent, environment=env, samples=args.samples,
                                       scorer="gaia", run_id=args.run_id,
+                                      order=ORDER_CHOICES[args.order],
                                       metadata={"gaia": {"data": str(args.data),
                                                          "split": args.split}})
         finally:

@@ -119,6 +119,18 @@ def _task(row: dict[str, Any], where: str, folder: Path, split: str,
     return Task(str(task_id), str(question), truth, attachments, metadata)
 
 
+def annotator_steps(task: Task) -> float | None:
+    """The annotator's "Number of steps" for a task, or None: a start-order hint
+    (``engine.run(..., order=annotator_steps)`` starts the most steps first)."""
+    annotator = task.metadata.get("_annotator")
+    raw = annotator.get("Number of steps") if isinstance(annotator, dict) else None
+    try:
+        steps = float(str(raw).strip())
+    except ValueError:
+        return None
+    return steps if steps > 0 and steps == steps else None
+
+
 def load_gaia(root: str | Path, split: str = "validation", *, year: str = "2023",
               levels: Iterable[int] | None = None, limit: int | None = None) -> list[Task]:
     """GAIA tasks of one split, checked whole: bad lines and missing

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine import Category, ConfigError, Message, Task, TraceStore
-from engine.schema import SCHEMA_VERSION
+from engine.schema import MIGRATIONS, SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
@@ -21,6 +21,29 @@ async def test_a_new_store_is_migrated_to_the_current_schema(store_path: Path) -
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"runs", "tasks", "rollouts", "attempts", "messages"} <= tables
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+    conn.close()
+
+
+async def test_a_store_of_an_older_schema_is_migrated_and_keeps_its_rows(
+    store_path: Path,
+) -> None:
+    conn = sqlite3.connect(store_path)
+    conn.executescript(MIGRATIONS[0][1])  # a store written by schema version 1
+    conn.execute("INSERT INTO runs VALUES ('old', 0, 0, 'finished', '{}', 'v1')")
+    conn.execute("INSERT INTO rollouts(num, id, run_id, task_id, sample_index, attempt, state,"
+                 " created_at) VALUES (1, 'old.0', 'old', 't1', 0, 1, 'done', 0)")  # fmt: skip
+    conn.execute("INSERT INTO attempts VALUES ('old.0', 1, 'done', NULL, 'w', 10.0, 12.5)")
+    conn.commit()
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    async with TraceStore(store_path) as store:
+        assert (await store.run("old")).status == "finished"
+        assert await store.task_durations(["t1", "t2"]) == {"t1": (2.5, 1)}
+    conn = sqlite3.connect(store_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "rollouts_by_task" in indexes
     conn.close()
 
 

@@ -77,6 +77,9 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         load_config(None, {"samples": 2})
     cfg = load_config(None, {"tasks.builtin": "arithmetic", "samples": 4, "tasks.count": 3})
     assert cfg.samples == 4 and len(cfg.load_tasks()) == 3
+    assert cfg.order == "given"
+    with pytest.raises(ConfigError, match=r"field 'order'.*'given' or 'longest_first'"):
+        load_config(None, {"tasks.builtin": "arithmetic", "order": "fastest"})
 
 
 def test_unknown_plugin_names_list_the_known_ones() -> None:

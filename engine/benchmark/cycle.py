@@ -93,6 +93,11 @@ def workload_tasks(w: Workload, order: str) -> list[Task]:
     ]
 
 
+def steps_hint(task: Task) -> float:
+    """The scheduler's only hint: the task's annotator steps (more steps, longer)."""
+    return float(task.metadata["steps"])
+
+
 def _peak_rss_reset() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -145,9 +150,12 @@ async def measure_cycle(
         _peak_rss_reset()
         stats0 = (clock.stats.calls, clock.stats.late_s, clock.stats.resume_s)
         epoch0, cpu0, t0 = time.time(), time.process_time(), time.perf_counter()
+        # the engine orders the rollouts itself: the tasks go in as drawn, and
+        # for "hint" the engine starts the most annotator steps first
         run = await engine.run(
-            tasks, agent, environment=EnvSpec(ENV_NAME), samples=w.samples, scorer=scorer
-        )
+            workload_tasks(w, "given"), agent, environment=EnvSpec(ENV_NAME),
+            samples=w.samples, scorer=scorer, order=steps_hint if order == "hint" else "given",
+        )  # fmt: skip
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         peak = _peak_rss_mb()

@@ -43,7 +43,9 @@ def test_eval_prints_pass_at_k_and_writes_store_and_submission(
     assert "[tool] " in rows[0]["reasoning_trace"] and "FINAL ANSWER:" in rows[0]["reasoning_trace"]
     with sqlite3.connect(store) as db:
         (n,) = db.execute("SELECT COUNT(*) FROM rollouts WHERE run_id='cli-test'").fetchone()
+        (config,) = db.execute("SELECT config FROM runs WHERE id='cli-test'").fetchone()
     assert n == 2 * len(bundled)
+    assert orjson.loads(config)["order"] == "annotator_steps"  # the default start order
 
 
 def test_eval_on_one_level_with_a_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from engine import Task, TaskFileError
 from gaia import BUNDLED
-from gaia.loader import load_gaia, metadata_file
+from gaia.loader import annotator_steps, load_gaia, metadata_file
 from tests.gaia.conftest import row
 
 Writer = Callable[..., Path]
@@ -39,6 +39,17 @@ def test_the_root_can_be_the_dataset_the_split_folder_or_the_file() -> None:
     assert metadata_file(file.parent) == file
     assert metadata_file(file) == file
     assert [t.id for t in load_gaia(file.parent)] == [t.id for t in load_gaia(BUNDLED)]
+
+
+def test_annotator_steps_is_a_start_order_hint(bundled: list[Task]) -> None:
+    steps = [annotator_steps(t) for t in bundled]
+    assert all(s is not None and s >= 1 for s in steps)
+    by_level = {lvl: [s for t, s in zip(bundled, steps, strict=True)
+                      if t.metadata["level"] == lvl] for lvl in (1, 2, 3)}  # fmt: skip
+    assert max(by_level[1]) <= min(by_level[3])  # level 3 tasks take more steps
+    assert annotator_steps(Task("t", "q", "a")) is None
+    odd = {"_annotator": {"Number of steps": "a few"}}
+    assert annotator_steps(Task("t", "q", "a", metadata=odd)) is None
 
 
 def test_filters(bundled: list[Task]) -> None:
