@@ -4,7 +4,9 @@ pdf (pypdf), xlsx (openpyxl), xls (xlrd), csv/tsv, docx (python-docx), pptx
 (python-pptx), plain text (txt, json, jsonl, xml, py, md, html, …) and images
 (Pillow for size and mode, tesseract OCR through pytesseract where both are
 installed; otherwise the reader says OCR is unavailable). Files larger than
-`MAX_FILE_BYTES` are refused; long text is returned a page at a time.
+`MAX_FILE_BYTES` are refused, and so are Office files (zip archives) that
+would unpack to more than `MAX_UNPACKED_BYTES` or hold more than
+`MAX_ZIP_MEMBERS` members (zip bombs); long text is returned a page at a time.
 Only files inside the rollout's work dir can be read.
 """
 
@@ -17,6 +19,7 @@ import importlib
 import io
 import shutil
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +35,9 @@ MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_CHARS = 8000
 MAX_ROWS = 2000
 MAX_PAGES = 200
+MAX_UNPACKED_BYTES = 200 * 1024 * 1024  # an Office file's members, declared sizes summed
+MAX_ZIP_MEMBERS = 10_000
+ZIP_SUFFIXES = {".xlsx", ".docx", ".pptx"}
 TEXT_SUFFIXES = {".txt", ".json", ".jsonl", ".jsonld", ".xml", ".py", ".md", ".html", ".htm",
                  ".yaml", ".yml", ".toml", ".ini", ".log", ".js", ".css", ".sql", ".sh", ".pdb",
                  ".tex", ".rst"}
@@ -188,6 +194,26 @@ _CACHE_LOCK = threading.Lock()
 CACHE_ENTRIES = 64
 
 
+def check_zip(path: Path) -> None:
+    """Refuse an Office file that is not a zip or would unpack too big.
+
+    Python's zipfile (under openpyxl, python-docx, python-pptx) never inflates
+    a member past its declared size, so summing declared sizes bounds the work."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path.name} is not a valid {path.suffix} file (not a zip archive: "
+                         f"{exc})") from None
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise ValueError(f"{path.name} holds {len(members)} zip members, more than the "
+                         f"{MAX_ZIP_MEMBERS} limit")
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise ValueError(f"{path.name} would unpack to {unpacked} bytes, more than the "
+                         f"{MAX_UNPACKED_BYTES} limit (a zip bomb?)")
+
+
 def extract_text(path: Path) -> str:
     """The text of one file by its suffix; raise ValueError for what cannot be read.
 
@@ -200,6 +226,8 @@ def extract_text(path: Path) -> str:
     if reader is None:
         raise ValueError(f"no reader for '{path.suffix}' files; readable: "
                          f"{', '.join(sorted(READERS))}")
+    if path.suffix.lower() in ZIP_SUFFIXES:
+        check_zip(path)
     key = (hashlib.sha256(path.read_bytes()).hexdigest(), path.suffix.lower())
     with _CACHE_LOCK:
         if key in _CACHE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,6 +200,40 @@ def test_texts_are_parsed_once_per_content(tmp_path: Path, no_cache: None,
         (tmp_path / name).write_text(text)
         assert extract_text(tmp_path / name) == text
     assert calls == ["a.txt", "c.txt", "d.txt", "e.txt"]  # b: a copy; e: evicted by then
+
+
+def zip_of_zeros(path: Path, member: str, mib: int) -> Path:
+    """A zip whose one member inflates to ``mib`` MiB of zeros (~1 KB per MiB on disk)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(member, "w") as out:
+        chunk = b"\0" * (1 << 20)
+        for _ in range(mib):
+            out.write(chunk)
+    return path
+
+
+def test_office_zip_bombs_and_fake_office_files_are_refused(tmp_path: Path) -> None:
+    bomb = zip_of_zeros(tmp_path / "report.docx", "word/document.xml", 210)
+    assert bomb.stat().st_size < 1024 * 1024
+    with pytest.raises(ValueError, match=r"report\.docx would unpack to 220200960 bytes.*zip bomb"):
+        extract_text(bomb)
+    many = tmp_path / "deck.pptx"
+    with zipfile.ZipFile(many, "w") as zf:
+        for i in range(files_mod.MAX_ZIP_MEMBERS + 1):
+            zf.writestr(f"ppt/slides/s{i}.xml", "")
+    with pytest.raises(ValueError, match=r"deck\.pptx holds 10001 zip members"):
+        extract_text(many)
+    fake = tmp_path / "table.xlsx"
+    fake.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"table\.xlsx is not a valid \.xlsx file"):
+        extract_text(fake)
+
+
+async def test_read_file_reports_a_zip_bomb_to_the_agent(tmp_path: Path) -> None:
+    zip_of_zeros(tmp_path / "sheet.xlsx", "xl/worksheets/sheet1.xml", 201)
+    tools = FileTools()
+    await tools.start(TaskView("t", "q"), tmp_path)
+    obs = await tools.read_file("sheet.xlsx")
+    assert obs.is_error and "cannot read sheet.xlsx" in obs.content and "zip bomb" in obs.content
 
 
 # ---- search ---------------------------------------------------------------------
