@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from engine.policy.base import Policy, SamplingParams
 from engine.tasks import TaskView
@@ -30,6 +32,27 @@ def extract_answer(text: str | None) -> str | None:
         candidates.append((finals[-1].start(), rest.split("</answer>", 1)[0]))
     chosen = max(candidates)[1] if candidates else text
     return chosen.strip() or None
+
+
+def function_name(fn: Callable[..., Any] | None) -> str | None:
+    """``module:qualname`` of a module-level function (importable again), else None."""
+    if fn is None or not inspect.isfunction(fn):  # a bound method or a partial: not by name
+        return None
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or not qualname or "<" in qualname:  # a lambda or a local function
+        return None
+    return f"{module}:{qualname}"
+
+
+def function_by_name(name: str) -> Callable[..., Any]:
+    """The function `function_name` named; ImportError/AttributeError when it is gone."""
+    module_name, _, qualname = name.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise AttributeError(f"{name} is not callable")
+    return cast(Callable[..., Any], obj)
 
 
 @dataclass
@@ -68,4 +91,7 @@ class Agent:
             "system_prompt": self.system_prompt,
             "max_turns": self.max_turns,
             "sampling": self.sampling.to_dict(),
+            # module-level functions by import name, so `resume` can rebuild them
+            "answer_from": function_name(self.answer_from),
+            "render_task": function_name(self.render_task),
         }

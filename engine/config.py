@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.agent import Agent
+from engine.agent import Agent, function_by_name
 from engine.errors import ConfigError
 from engine.policy.base import Policy, SamplingParams
 from engine.policy.openai import OpenAIPolicy
@@ -184,12 +184,26 @@ def agent_from_description(desc: dict[str, Any]) -> Agent:
         stop=tuple(s.get("stop", ())),
         extra=s.get("extra", {}),
     )
+    hooks: dict[str, Any] = {}
+    for hook in ("answer_from", "render_task"):
+        name = desc.get(hook)
+        if not name:
+            continue
+        try:
+            hooks[hook] = function_by_name(name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"agent.{hook}",
+                f"the run's {hook} function {name} cannot be imported: {exc}",
+                "install the package that defines it, or resume from Python with your Agent",
+            ) from exc
     return Agent(
         build_policy(desc["policy"]),
         system_prompt=desc.get("system_prompt"),
         max_turns=desc.get("max_turns", 8),
         sampling=sampling,
         name=desc.get("name", "agent"),
+        **hooks,
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine import Task
+from engine import Agent, ConfigError, Task
 from gaia.cli import main
 
 ORACLE = "tests.gaia.oracle:make_agent"  # levels 2-3 wrong on odd samples
@@ -90,3 +90,27 @@ def test_python_m_engine_eval_gaia(tmp_path: Path) -> None:
         check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pass@2" in result.stdout and "submission:" in result.stdout
+
+
+def last_line(text: str | None) -> str | None:
+    """A custom answer reader, defined at module level so a run can name it."""
+    return text.strip().splitlines()[-1] if text else None
+
+
+def test_an_agent_is_rebuilt_for_resume_from_its_stored_description() -> None:
+    from engine.config import agent_from_description
+    from engine.policy.openai import OpenAIPolicy
+    from gaia.agent import SYSTEM_PROMPT
+
+    agent = Agent(OpenAIPolicy("http://127.0.0.1:9/v1", "tiny"), system_prompt=SYSTEM_PROMPT,
+                  max_turns=5, answer_from=last_line, name="gaia")  # fmt: skip
+    desc = orjson.loads(orjson.dumps(agent.describe()))  # as the store keeps it
+    assert desc["answer_from"] == f"{__name__}:last_line"
+    again = agent_from_description(desc)
+    assert again.answer_from is last_line
+    assert (again.name, again.system_prompt, again.max_turns) == ("gaia", agent.system_prompt, 5)
+    # a lambda is not stored by name: resume falls back to the default reader
+    agent.answer_from = lambda text: text
+    assert agent.describe()["answer_from"] is None
+    with pytest.raises(ConfigError, match=rf"agent\.answer_from.*{__name__}:gone"):
+        agent_from_description({**desc, "answer_from": f"{__name__}:gone"})
