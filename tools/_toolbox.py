@@ -23,12 +23,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
 from engine.environment import Observation, ToolCall, ToolSpec
+from engine.resources import AsyncResource
 from engine.tasks import TaskView
 from engine.toolkit import FunctionTool
 
@@ -47,21 +47,8 @@ class Toolbox(Protocol):
     async def aclose(self) -> None: ...
 
 
-class ToolboxBase:
+class ToolboxBase(AsyncResource):
     """Async context manager plumbing shared by the toolboxes."""
-
-    async def aclose(self) -> None:  # pragma: no cover - overridden
-        pass
-
-    async def __aenter__(self) -> Any:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
 
 class Workspace:

@@ -37,11 +37,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
+from engine.resources import AsyncResource
 from tools._cgroup import RunCgroup
 
 INSIDE = "/workspace"
@@ -116,7 +117,7 @@ def check_available() -> None:
                 f"(apt-get install -y {package})")
 
 
-class Jail:
+class Jail(AsyncResource):
     """Runs commands in a bubblewrap jail over ``workspace`` (mounted at ``/workspace``).
 
     ``ro_binds`` are extra host paths made visible read-only at the same place
@@ -135,14 +136,9 @@ class Jail:
         self.use_cgroups = use_cgroups
         self._live: dict[Process, RunCgroup | None] = {}
 
-    async def __aenter__(self) -> Jail:
+    async def __aenter__(self) -> Self:
         self.prepare()
         return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
     def prepare(self) -> None:
         """Pick the jail's uid and hand it the workspace (when running as root)."""

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import random
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import anyio
@@ -15,13 +14,14 @@ from engine.environment import ToolSpec
 from engine.errors import NotRetryable, PolicyError
 from engine.policy.base import Completion, SamplingParams
 from engine.policy.toolcalls import parse_hermes, parse_openai_tool_calls
+from engine.resources import AsyncResource, close_session
 
 log = structlog.get_logger("drillyard.policy")
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-class OpenAIPolicy:
+class OpenAIPolicy(AsyncResource):
     """Chat completions from ``{base_url}/chat/completions``.
 
     One pooled aiohttp session; at most ``max_in_flight`` requests at once;
@@ -69,23 +69,13 @@ class OpenAIPolicy:
             "retries": self.retries,
         }
 
-    async def __aenter__(self) -> OpenAIPolicy:
+    async def __aenter__(self) -> Self:
         self._ensure_session()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            with anyio.CancelScope(shield=True):
-                await session.close()
+        session, self._session = self._session, None
+        await close_session(session)
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -27,6 +26,7 @@ import anyio
 import orjson
 
 from engine.errors import DrillyardError
+from engine.resources import AsyncResource, close_session
 
 
 class ReloadError(DrillyardError):
@@ -44,7 +44,7 @@ class ReloadResult:
         return sum(self.seconds.values())
 
 
-class WeightReloader:
+class WeightReloader(AsyncResource):
     """Reloads weights into one vLLM server over its dev-mode HTTP endpoints.
 
     ``server_url`` is the server root (a trailing ``/v1`` is dropped); ``policy``
@@ -58,21 +58,9 @@ class WeightReloader:
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> WeightReloader:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        session, self._session = self._session, None
+        await close_session(session)
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
         if self._session is None or self._session.closed:
