@@ -14,8 +14,7 @@ import time
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import structlog
@@ -32,6 +31,7 @@ from engine.messages import Message
 from engine.ordering import ORDERS, TaskOrder, check_order, estimates, longest_first
 from engine.passk import PassAtK, compute_pass_at_k
 from engine.recording import RolloutState
+from engine.resources import AsyncResource
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.scheduler import Pending, Scheduler, SchedulerConfig
 from engine.scoring import resolve_scorer
@@ -116,7 +116,7 @@ class Run:
         return await export_jsonl(self.store, self.id, path, states)
 
 
-class Engine:
+class Engine(AsyncResource):
     """Opens the trace store and the backend; runs and resumes rollouts.
 
     ``store`` is a path or an open-able `TraceStore`; ``backend`` a registered
@@ -156,7 +156,7 @@ class Engine:
         self._model_limit = asyncio.Semaphore(max_model_requests)
         self.last_scheduler: Scheduler | None = None
 
-    async def __aenter__(self) -> Engine:
+    async def __aenter__(self) -> Self:
         configure_logging()
         await self.store.open()
         try:
@@ -166,17 +166,12 @@ class Engine:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.backend.close()
-            finally:
-                await self.store.close()
+    async def aclose(self) -> None:
+        """Close the backend, then the store (everything recorded is committed)."""
+        try:
+            await self.backend.close()
+        finally:
+            await self.store.close()
 
     def open_run(self, run_id: str) -> Run:
         return Run(self.store, run_id)

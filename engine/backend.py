@@ -11,14 +11,14 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import anyio
 
 from engine import registry
 from engine.environment import Environment, EnvSpec
 from engine.errors import ConfigError
+from engine.resources import AsyncResource
 
 EnvFactory = Callable[[], Environment]
 """A zero-argument callable that builds an environment (in-process backends only)."""
@@ -33,15 +33,15 @@ class Slot:
     handle: Any = None
 
 
-class Backend(ABC):
+class Backend(AsyncResource, ABC):
     """Hosts environments for rollouts. Subclasses register under a name."""
 
     name: ClassVar[str] = "backend"
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Engine-level start: spawn workers, connect to a cluster."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Engine-level close: stop everything `start` created."""
 
     @property
@@ -67,18 +67,12 @@ class Backend(ABC):
             with anyio.CancelScope(shield=True):
                 await self.release(slot)
 
-    async def __aenter__(self) -> Backend:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()
+    async def aclose(self) -> None:
+        await self.close()
 
 
 def create_backend(name: str, **config: Any) -> Backend:
