@@ -70,7 +70,7 @@ class CpuEnvironment:
 
 
 class ProbeEnvironment(ArithmeticEnvironment):
-    """The calculator, plus ``hang``, ``boom``, ``crash``, ``lost`` and ``whoami``."""
+    """The calculator, plus ``hang``, ``boom``, ``crash``, ``lost``, ``missing`` and ``whoami``."""
 
     def __init__(self, tool_delay: float = 0.0) -> None:
         super().__init__(tool_delay)
@@ -81,6 +81,7 @@ class ProbeEnvironment(ArithmeticEnvironment):
         return [CALCULATOR, _tool("hang", "Never returns."), _tool("boom", "Raises."),
                 _tool("crash", "Ends the hosting process."),
                 _tool("lost", "Says the environment is gone (EnvironmentLost)."),
+                _tool("missing", "Opens a file that is not there."),
                 _tool("whoami", "Who hosts me.")]
 
     async def reset(self, task: TaskView) -> Observation:
@@ -96,6 +97,8 @@ class ProbeEnvironment(ArithmeticEnvironment):
             os._exit(17)
         if call.name == "lost":
             raise EnvironmentLost("probe: the environment's browser died")
+        if call.name == "missing":
+            raise FileNotFoundError("no such file: data.csv")
         if call.name == "whoami":
             view = self.view.to_dict() if self.view else None
             return Observation(json.dumps({"pid": os.getpid(), "view": view}))

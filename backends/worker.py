@@ -14,8 +14,9 @@ A request without the engine's per-run token gets 401 and runs nothing. When
 every slot is taken ``POST /envs`` answers 503 with ``Retry-After``. A tool
 call that outlives ``--call-timeout`` becomes an error observation; an
 environment that raises an ``InfraError`` (``EnvironmentLost``: its browser
-or sandbox died) gets 410, which the engine treats as on the in-process
-backend: the attempt ends in ``error`` and is retried. On
+or sandbox died), a ``ConnectionError`` or an ``aiohttp.ClientError`` gets
+410, which the engine treats as on the in-process backend: the attempt ends
+in ``error`` and is retried. On
 SIGTERM the worker drains: it refuses new environments, waits (up to
 ``--drain-timeout``) for the live ones to be closed, then exits. Once bound it
 prints one line ``{"event": "ready", "host": ..., "port": ..., "pid": ...}`` on
@@ -44,7 +45,8 @@ from aiohttp import web
 
 from engine.backend import build_environment
 from engine.environment import Environment, EnvSpec, Observation, ToolCall
-from engine.errors import ConfigError, InfraError
+from engine.errors import ConfigError
+from engine.rollout import ENVIRONMENT_FAULTS
 from engine.tasks import TaskView
 
 TOKEN_ENV = "DRILLYARD_WORKER_TOKEN"
@@ -146,7 +148,7 @@ class WorkerServer:
             obs = await self._bounded(hosted.env.reset(view))
         except TimeoutError:
             return _error(504, f"reset did not finish within {self.call_timeout}s")
-        except InfraError as exc:  # the environment says it is gone: the engine retries
+        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
             return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
         except Exception as exc:
             return _error(500, f"reset raised {type(exc).__name__}: {exc}")
@@ -165,7 +167,7 @@ class WorkerServer:
             obs = await self._bounded(hosted.env.step(call))
         except TimeoutError:
             obs = Observation.error(f"tool {call.name} did not finish within {self.call_timeout}s")
-        except InfraError as exc:  # the environment says it is gone: the engine retries
+        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
             return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
         except Exception as exc:  # the tool's fault: the agent sees it
             obs = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")

@@ -29,7 +29,16 @@ from engine.recording import TERMINAL, TRANSITIONS, Recorder, RolloutState
 from engine.store import AttemptRecord, TraceStore
 from engine.tasks import Task, TaskView
 
-__all__ = ["RETRYABLE", "TERMINAL", "TRANSITIONS", "Limits", "Outcome", "Rollout", "RolloutState"]
+__all__ = [
+    "ENVIRONMENT_FAULTS",
+    "RETRYABLE",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Limits",
+    "Outcome",
+    "Rollout",
+    "RolloutState",
+]
 
 log = structlog.get_logger("drillyard.rollout")
 
@@ -38,6 +47,9 @@ Scorer = Callable[[Task, str | None], "float | bool | Awaitable[float | bool]"]
 
 S = RolloutState
 RETRYABLE = (InfraError, OSError, aiohttp.ClientError, TimeoutError)
+# what an environment's step may raise to say "I am gone" (retried) rather than
+# "this tool call failed" (an observation): a FileNotFoundError is the agent's
+ENVIRONMENT_FAULTS = (InfraError, ConnectionError, aiohttp.ClientError)
 
 
 @dataclass(slots=True)
@@ -277,7 +289,7 @@ class Rollout(Recorder):
                 result = Observation.error(
                     f"tool {call.name} did not finish within {self.limits.step_timeout}s"
                 )
-            except RETRYABLE:
+            except ENVIRONMENT_FAULTS:
                 raise
             except Exception as exc:  # the tool's fault: the agent sees it
                 result = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")

@@ -140,6 +140,18 @@ async def test_an_environment_that_says_it_is_lost_is_retried(
     assert not any("browser died" in c for c in results)
 
 
+async def test_a_tools_os_error_is_the_agents_observation(
+        make_backend: BackendFactory, make_engine: EngineFactory) -> None:
+    seen: list[str] = []
+    policy = scripted([{"tool_calls": [{"name": "missing", "arguments": {}}]}, "5"], seen)
+    async with make_engine(backend=make_backend()) as engine:
+        run = await engine.run([Task("t", "What is 2+3?", "5")], Agent(policy),
+                               environment="probe", scorer="numeric")
+        (r,) = await run.rollouts()
+    assert r.state == "done" and r.attempt == 1  # not retried: the agent's call failed
+    assert seen == ["Error: tool missing raised FileNotFoundError: no such file: data.csv"]
+
+
 async def test_environments_never_see_the_ground_truth(make_backend: BackendFactory,
                                                        make_engine: EngineFactory) -> None:
     secret = "the-secret-answer-8812"
