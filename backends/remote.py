@@ -112,7 +112,7 @@ class WorkerHandle:
             raise WorkerBusy(f"worker {self.name} is busy: {why}")
         if status == 404:
             raise self._lost(f"{why} (the worker restarted?)")
-        if status == 410:  # the environment raised an InfraError; the worker lives on
+        if status == 410:  # the environment is gone (ENVIRONMENT_FAULTS), not the worker
             raise EnvironmentLost(f"on worker {self.name}: {why}")
         if status == 400 and path == "/envs":
             raise ConfigError(f"worker {self.name}", str(why))

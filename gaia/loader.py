@@ -19,6 +19,7 @@ forwards only ``level`` and ``file_name`` to its tools.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def annotator_steps(task: Task) -> float | None:
         steps = float(str(raw).strip())
     except ValueError:
         return None
-    return steps if steps > 0 and steps == steps else None
+    return steps if math.isfinite(steps) and steps > 0 else None
 
 
 def load_gaia(root: str | Path, split: str = "validation", *, year: str = "2023",

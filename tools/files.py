@@ -226,13 +226,13 @@ def extract_text(path: Path) -> str:
     if reader is None:
         raise ValueError(f"no reader for '{path.suffix}' files; readable: "
                          f"{', '.join(sorted(READERS))}")
-    if path.suffix.lower() in ZIP_SUFFIXES:
-        check_zip(path)
     key = (hashlib.sha256(path.read_bytes()).hexdigest(), path.suffix.lower())
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
+    if key[1] in ZIP_SUFFIXES:  # only files about to be parsed: a cached text passed
+        check_zip(path)
     text = reader(path)
     with _CACHE_LOCK:
         _CACHE[key] = text

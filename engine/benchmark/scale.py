@@ -122,13 +122,11 @@ def raw_sqlite_ingest(rows: list[tuple[Any, ...]], path: Path, batch: int) -> fl
     import sqlite3
 
     from engine.schema import MIGRATIONS
-    from engine.store import PAGE_SIZE, WRITER_CACHE_KIB
+    from engine.store import WRITER_PRAGMAS
 
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        pragmas = (f"page_size={PAGE_SIZE}", "journal_mode=WAL", "synchronous=NORMAL",
-                   f"cache_size=-{WRITER_CACHE_KIB}", "wal_autocheckpoint=10000")  # fmt: skip
-        for pragma in pragmas:
+        for pragma in WRITER_PRAGMAS:
             db.execute(f"PRAGMA {pragma}")
         db.executescript(MIGRATIONS[0][1])
         sql = (
