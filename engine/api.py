@@ -26,11 +26,11 @@ from engine.backend import Backend, EnvFactory, create_backend
 from engine.environment import EnvSpec
 from engine.errors import ConfigError
 from engine.export import export_jsonl
+from engine.live import LiveRun, new_record
 from engine.logs import configure_logging
 from engine.messages import Message
 from engine.ordering import ORDERS, TaskOrder, check_order, estimates, longest_first
 from engine.passk import PassAtK, compute_pass_at_k
-from engine.recording import RolloutState
 from engine.resources import AsyncResource
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.scheduler import Pending, Scheduler, SchedulerConfig
@@ -176,6 +176,43 @@ class Engine(AsyncResource):
     def open_run(self, run_id: str) -> Run:
         return Run(self.store, run_id)
 
+    @property
+    def model_limit(self) -> asyncio.Semaphore:
+        """The engine-wide bound on model requests in flight (``max_model_requests``)."""
+        return self._model_limit
+
+    async def live_run(
+        self,
+        agent: Agent | None,
+        *,
+        environment: EnvironmentArg,
+        scorer: str | Scorer = "exact",
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> LiveRun:
+        """Open a run that batches of rollouts are added to over time (a training
+        job); see `engine.live`. An existing ``run_id`` of this store is continued.
+        ``agent`` may be None when every batch item brings its own."""
+        env = self._environment(environment)
+        score_fn = resolve_scorer(scorer)
+        run_id = run_id or new_run_id()
+        existing = {r.id for r in await self.store.runs()}
+        if run_id in existing:
+            rollouts = await self.store.rollouts(run_id)
+            groups: dict[str, int] = {}
+            for r in rollouts:
+                groups[r.task_id] = max(groups.get(r.task_id, 0), r.sample_index + 1)
+            self.store.set_run_status(run_id, "running")
+            live = LiveRun(self, run_id, agent, env, score_fn, counter=len(rollouts), groups=groups)
+        else:
+            described = agent.describe() if agent is not None else {"per_rollout": True}
+            config = self._run_config(env, scorer, described, 1, metadata, "given")
+            self.store.create_run(run_id, config, code_version())
+            live = LiveRun(self, run_id, agent, env, score_fn)
+        await self.store.commit()
+        log.info("live run open", run=run_id)
+        return live
+
     async def run(
         self,
         tasks: Iterable[Task],
@@ -203,22 +240,9 @@ class Engine(AsyncResource):
         env = self._environment(environment)
         score_fn = resolve_scorer(scorer)
         run_id = run_id or new_run_id()
-        config = {
-            "environment": env.to_dict() if isinstance(env, EnvSpec) else {"factory": repr(env)},
-            "scorer": scorer if isinstance(scorer, str) else getattr(scorer, "__qualname__", "?"),
-            "samples": samples,
-            "agent": agent.describe(),
-            "backend": self.backend.name,
-            "limits": {
-                "max_rollouts": self.scheduler_config.max_rollouts,
-                "max_model_requests": self.max_model_requests,
-                "max_attempts": self.scheduler_config.max_attempts,
-                "step_timeout": self.scheduler_config.limits.step_timeout,
-                "rollout_timeout": self.scheduler_config.limits.rollout_timeout,
-            },
-            "metadata": metadata or {},
-            "order": _order_name(order),
-        }
+        config = self._run_config(
+            env, scorer, agent.describe(), samples, metadata, _order_name(order)
+        )
         self.store.create_run(run_id, config, code_version())
         self.store.add_tasks(run_id, task_list)
         pending: list[Pending] = []
@@ -226,7 +250,7 @@ class Engine(AsyncResource):
             for i in range(samples):
                 rid = f"{run_id}.{len(pending)}"
                 self.store.add_rollout(rid, run_id, task.id, i, self.backend.name)
-                pending.append(Pending(_new_record(rid, run_id, task.id, i), task))
+                pending.append(Pending(new_record(rid, run_id, task.id, i), task))
         await self.store.commit()
         pending = longest_first(pending, _task_of, await estimates(task_list, order, self.store))
         log.info("run started", run=run_id, tasks=len(task_list), samples=samples,
@@ -273,6 +297,33 @@ class Engine(AsyncResource):
         log.info("run resumed", run=run_id, unfinished=len(pending))
         await self._drive(run_id, pending, agent, env, score_fn)
         return Run(self.store, run_id)
+
+    def _run_config(
+        self,
+        env: EnvSpec | EnvFactory,
+        scorer: str | Scorer,
+        agent: dict[str, Any],
+        samples: int,
+        metadata: dict[str, Any] | None,
+        order: str,
+    ) -> dict[str, Any]:
+        """What a run records of how it was started (shown by `runs`, used by `resume`)."""
+        return {
+            "environment": env.to_dict() if isinstance(env, EnvSpec) else {"factory": repr(env)},
+            "scorer": scorer if isinstance(scorer, str) else getattr(scorer, "__qualname__", "?"),
+            "samples": samples,
+            "agent": agent,
+            "backend": self.backend.name,
+            "limits": {
+                "max_rollouts": self.scheduler_config.max_rollouts,
+                "max_model_requests": self.max_model_requests,
+                "max_attempts": self.scheduler_config.max_attempts,
+                "step_timeout": self.scheduler_config.limits.step_timeout,
+                "rollout_timeout": self.scheduler_config.limits.rollout_timeout,
+            },
+            "metadata": metadata or {},
+            "order": order,
+        }
 
     def _environment(self, environment: EnvironmentArg) -> EnvSpec | EnvFactory:
         if isinstance(environment, str):
@@ -341,24 +392,3 @@ def _task_of(item: Pending) -> Task:
 
 def _order_name(order: TaskOrder) -> str:
     return order if isinstance(order, str) else getattr(order, "__qualname__", repr(order))
-
-
-def _new_record(rid: str, run_id: str, task_id: str, sample_index: int) -> RolloutRecord:
-    return RolloutRecord(
-        rid,
-        run_id,
-        task_id,
-        sample_index,
-        0,
-        str(RolloutState.QUEUED),
-        None,
-        None,
-        None,
-        0,
-        time.time(),
-        None,
-        None,
-        None,
-        None,
-        None,
-    )

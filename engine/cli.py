@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
 
     sub.add_parser("eval", help="a benchmark evaluation, e.g. `python -m engine eval gaia --help`")
+    sub.add_parser("serve-rollouts", help="serve rollouts to swift GRPO in server mode (--help)")
     runs = sub.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", type=Path, default=Path("drillyard.db"))
     return parser
@@ -236,6 +237,9 @@ COMMANDS = {"run": _run, "resume": _resume, "report": _report, "export": _export
 EVALS = {"gaia": "gaia.cli:main"}
 """Benchmarks ``python -m engine eval NAME …`` hands over to, loaded by name."""
 
+SERVICES = {"serve-rollouts": "engine.integrations.rollout_server:main"}
+"""Long-running commands with their own flags, loaded by name (``python -m engine NAME --help``)."""
+
 
 def _eval(argv: list[str]) -> int:
     if not argv or argv[0] not in EVALS:
@@ -251,6 +255,9 @@ def _eval(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in SERVICES:
+        module, _, attr = SERVICES[argv[0]].partition(":")
+        return int(getattr(importlib.import_module(module), attr)(argv[1:]))
     if argv[:1] == ["eval"]:
         try:
             return _eval(argv[1:])

@@ -65,6 +65,7 @@ class PolicyConfig(_Strict):
     max_in_flight: int = Field(default=64, ge=1)
     timeout: float = Field(default=120.0, gt=0)
     retries: int = Field(default=4, ge=0)
+    exact_tokens: bool = False
     latency: float = Field(default=0.0, ge=0)
     mistake_rate: float = Field(default=0.0, ge=0, le=1)
 
@@ -156,6 +157,7 @@ def build_policy(desc: dict[str, Any]) -> Policy:
             max_in_flight=desc.get("max_in_flight", 64),
             timeout=desc.get("timeout", 120.0),
             retries=desc.get("retries", 4),
+            exact_tokens=desc.get("exact_tokens", False),
         )
     if kind == "oracle":
         from engine.envs.arithmetic import CalculatorOracle
@@ -203,6 +205,7 @@ def agent_from_description(desc: dict[str, Any]) -> Agent:
         max_turns=desc.get("max_turns", 8),
         sampling=sampling,
         name=desc.get("name", "agent"),
+        text_tool=desc.get("text_tool"),
         **hooks,
     )
 

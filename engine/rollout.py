@@ -25,6 +25,7 @@ from engine.environment import EnvSpec, Observation, ToolCall
 from engine.errors import InfraError, NotRetryable
 from engine.messages import Category
 from engine.policy.base import Completion
+from engine.policy.toolcalls import make_call
 from engine.recording import TERMINAL, TRANSITIONS, Recorder, RolloutState
 from engine.store import AttemptRecord, TraceStore
 from engine.tasks import Task, TaskView
@@ -93,8 +94,10 @@ class Rollout(Recorder):
         limits: Limits,
         next_seq: int = 0,
         state: RolloutState = S.QUEUED,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(store, run_id, rollout_id, next_seq=next_seq, state=state)
+        self._headers = headers or {}
         self.task = task
         self.sample_index = sample_index
         self.agent = agent
@@ -106,6 +109,10 @@ class Rollout(Recorder):
         self.turns = 0
         self.policy_version: str | None = None
         self.worker: str | None = None
+
+    def headers(self) -> dict[str, Any]:
+        """Stamped on every message of this rollout (a trainer's step, for example)."""
+        return self._headers
 
     # ---- one attempt -----------------------------------------------------
 
@@ -201,13 +208,14 @@ class Rollout(Recorder):
             {"task": view.to_dict(), "worker": worker},
         )
         obs = await self._bounded(env.reset(view), "environment reset")
-        tools = env.tools
+        # a text tool takes the agent's plain replies: it is not the model's to call
+        tools = [t for t in env.tools if t["function"]["name"] != self.agent.text_tool]
         self.emit(
             Category.OBSERVATION,
             "env",
             "agent",
             "reset",
-            {**obs.to_dict(), "tools": [t["function"]["name"] for t in tools]},
+            {**obs.to_dict(), "tools": [t["function"]["name"] for t in env.tools]},
         )
         messages = self.agent.first_messages(view, obs.content)
         while self.turns < self.agent.max_turns:
@@ -215,12 +223,23 @@ class Rollout(Recorder):
             self.transition(S.GENERATING)
             reply = await self._generate(messages, tools)
             messages.append(reply.assistant_message())
-            if not reply.tool_calls:
+            text_tool = self.agent.text_tool
+            if not reply.tool_calls and text_tool is None:
                 answer = self.agent.answer_from(reply.content)
                 if answer is None:
                     raise _AgentFailed("the final reply holds no answer")
                 return answer
             self.transition(S.ACTING)
+            if not reply.tool_calls:  # a text action: the plain reply goes to the text tool
+                assert text_tool is not None
+                said = make_call(f"text_{self.turns}", text_tool, {"text": reply.content or ""})
+                result = await self._act(env, said)
+                messages.append({"role": "user", "content": result.content})
+                if result.done:
+                    if result.answer is None:
+                        raise _AgentFailed(f"tool {text_tool} ended the episode with no answer")
+                    return result.answer
+                continue
             for call in reply.tool_calls:
                 result = await self._act(env, call)
                 messages.append(

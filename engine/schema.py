@@ -81,6 +81,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX rollouts_by_task ON rollouts(task_id, state);
         """,
     ),
+    (
+        3,
+        """
+        -- one row per training step of a run: what the rollout server and the
+        -- trainer measured (rollout, training and weight-sync seconds, lag), as JSON
+        CREATE TABLE train_steps (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            step INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (run_id, step)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -107,6 +107,16 @@ class AttemptRecord:
 
 
 @dataclass(slots=True)
+class TrainStepRecord:
+    """What was measured of one training step of a run (fields merged as they arrive)."""
+
+    run_id: str
+    step: int
+    data: dict[str, Any]
+    updated_at: float
+
+
+@dataclass(slots=True)
 class RunRecord:
     id: str
     created_at: float
@@ -381,6 +391,18 @@ class TraceStore:
         )
         self._enqueued()
 
+    def record_train_step(self, run_id: str, step: int, **data: Any) -> None:
+        """Enqueue measurements of a training step, merged into what it already holds."""
+        self._batch.runs.append(
+            (
+                "INSERT INTO train_steps(run_id, step, data, updated_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(run_id, step) DO UPDATE"
+                " SET data=json_patch(data, excluded.data), updated_at=excluded.updated_at",
+                (run_id, step, _dumps(data), time.time()),
+            )
+        )
+        self._enqueued()
+
     def set_run_status(self, run_id: str, status: str) -> None:
         finished = time.time() if status != "running" else None
         self._batch.runs.append(
@@ -549,6 +571,17 @@ class TraceStore:
             )
             out.update({r[0]: (float(r[1]), int(r[2])) for r in rows})
         return out
+
+    async def train_steps(self, run_id: str) -> list[TrainStepRecord]:
+        """The run's training steps in order, with everything recorded of each."""
+        rows = await self._fetch(
+            "SELECT run_id, step, data, updated_at FROM train_steps WHERE run_id=? ORDER BY step",
+            (run_id,),
+        )
+        return [
+            TrainStepRecord(run_id=r[0], step=r[1], data=orjson.loads(r[2]), updated_at=r[3])
+            for r in rows
+        ]
 
     async def count_messages(self, run_id: str | None = None) -> int:
         if run_id is None:

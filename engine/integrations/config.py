@@ -1,4 +1,5 @@
-"""Configuration of the training feed, read from the environment of the trainer.
+"""Configuration of a training job's link to Drillyard: the colocate feed inside
+the trainer and the rollout server beside it (`engine.integrations.rollout_server`).
 
 ``DRILLYARD_SWIFT_CONFIG`` names a JSON or TOML file with any of the fields
 of `FeedConfig`; single ``DRILLYARD_*`` variables override it::
@@ -15,6 +16,14 @@ of `FeedConfig`; single ``DRILLYARD_*`` variables override it::
     DRILLYARD_CURRICULUM=webarena       turn-budget preset, or JSON
     DRILLYARD_MAX_ATTEMPTS=3            environment attempts before a sample is masked
     DRILLYARD_TIMINGS=timings.jsonl     per-step rollout / training seconds
+
+The rollout server (server mode) also reads::
+
+    DRILLYARD_POLICY_URLS=http://127.0.0.1:8000/v1[,…]   the vLLM servers of the policy
+    DRILLYARD_MODEL=qwen                model name they serve
+    DRILLYARD_MAX_TURNS=8               turn budget (the curriculum's, when one is set)
+    DRILLYARD_MAX_ROLLOUTS=256          rollouts in flight
+    DRILLYARD_MAX_STALENESS=1           policy versions a rollout may lag its training step
 """
 
 from __future__ import annotations
@@ -47,6 +56,11 @@ _VARS: dict[str, tuple[str, str]] = {
     "DRILLYARD_RETRY_BACKOFF": ("retry_backoff", "float"),
     "DRILLYARD_STEP_TIMEOUT": ("step_timeout", "float"),
     "DRILLYARD_TIMINGS": ("timings", "str"),
+    "DRILLYARD_POLICY_URLS": ("policy_urls", "csv"),
+    "DRILLYARD_MODEL": ("model", "str"),
+    "DRILLYARD_MAX_TURNS": ("max_turns", "int"),
+    "DRILLYARD_MAX_ROLLOUTS": ("max_rollouts", "int"),
+    "DRILLYARD_MAX_STALENESS": ("max_staleness", "int"),
 }
 
 
@@ -68,10 +82,26 @@ class FeedConfig:
     retry_backoff: float = 0.2
     step_timeout: float = 120.0
     timings: str | None = None
+    # server mode: the rollout server generates with the policy on these vLLM servers
+    policy_urls: list[str] = field(default_factory=list)
+    model: str | None = None
+    api_key: str | None = None
+    max_turns: int | None = None
+    max_rollouts: int = 256
+    max_model_requests: int = 256
+    max_staleness: int = 1
+    sync_timeout: float = 600.0
+    host: str = "127.0.0.1"
+    port: int = 8000
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError("max_attempts", f"must be >= 1, got {self.max_attempts}")
+        for name in ("max_attempts", "max_rollouts", "max_model_requests"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.max_staleness < 0:
+            raise ConfigError("max_staleness", f"must be >= 0, got {self.max_staleness}")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ConfigError("max_turns", f"must be >= 1, got {self.max_turns}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +158,8 @@ def _parse(var: str, raw: str, kind: str) -> Any:
             return json.loads(raw)
         if kind == "json_or_str":
             return json.loads(raw) if raw.lstrip()[:1] in "{[" else raw
+        if kind == "csv":
+            return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError as exc:
         raise ConfigError(var, f"cannot read {raw!r}: {exc}", f"give a valid {kind}") from exc
     return raw

@@ -1,28 +1,31 @@
-"""The training feed: a trainer generates, Drillyard runs the environment, records, scores.
+"""The colocate training feed: the trainer generates, the engine's own driver does the rest.
 
-Trainer-neutral (ms-swift's plugin in `swift_plugin` is a thin adapter).
-One `Feed` per training job holds one run in the trace store; every sample
-the trainer rolls out is one `Episode` there, one rollout in the store:
+Trainer-neutral (ms-swift's plugin in `swift_plugin` is a thin adapter). One
+`Feed` per training job holds one live run (`engine.live`); every sample the
+trainer rolls out is one rollout there, driven by the same `Rollout` driver,
+scheduler, retries, backend and store as `Engine.run`. Only the policy
+differs: `TrainerTurns`, whose ``complete`` hands the conversation to the
+trainer and waits for what the trainer's own engine generated::
 
-    start(row)      lease an environment on the backend, reset it → first messages
-    turn_end(reply) record the reply (exact token ids, loss mask, logprobs),
-                    run its tool calls → the observation messages for the next
-                    turn, or score the answer when the episode is over
+    start(row)      the rollout starts (environment leased and reset); the
+                    trainer gets the first messages to generate from
+    turn_end(reply) the reply goes to the driver, which runs its tool calls and
+                    records everything; the trainer gets the observations for
+                    the next turn, or the end of the episode
 
-An environment fault (a retryable error) is retried: the environment is
-leased again, reset, and the episode's earlier actions are replayed. When
-``max_attempts`` run out the sample ends in state ``error`` with an all-zero
-loss mask and no reward: it is masked out, never replaced by another sample.
-Everything runs on the feed's own loop thread (`LoopThread`).
+So a fault ends the same way here as in evaluation: a tool that raises or
+times out is an observation; an environment that is lost fails the attempt,
+which is retried from a fresh environment (the replies the trainer already
+generated are replayed, the trainer is not asked again). When the attempts
+run out the sample ends ``error`` with its loss mask zeroed but for one token
+(`swift_protocol.masked_out`) and no reward: it is never replaced by another
+sample. Everything runs on the feed's own loop thread (`LoopThread`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +33,18 @@ from typing import Any
 
 import structlog
 
-from engine.agent import extract_answer
-from engine.api import code_version
-from engine.backend import Backend, Slot, create_backend
-from engine.environment import EnvSpec, Observation, ToolCall
-from engine.errors import InfraError
+from engine.agent import Agent, extract_answer
+from engine.api import Engine
+from engine.environment import EnvSpec, ToolCall, ToolSpec
+from engine.errors import NotRetryable
 from engine.integrations.bridge import LoopThread
 from engine.integrations.config import FeedConfig
-from engine.messages import Category
-from engine.policy.toolcalls import make_call, parse_hermes
-from engine.recording import Recorder, RolloutState
-from engine.rollout import RETRYABLE
-from engine.scoring import resolve_scorer
-from engine.store import AttemptRecord, TraceStore
-from engine.tasks import Task
+from engine.integrations.rows import group_task, system_prompt, task_from_row
+from engine.integrations.swift_protocol import masked_out
+from engine.live import BatchItem, BatchResult, LiveRun
+from engine.policy.base import Completion, SamplingParams
+from engine.policy.toolcalls import parse_hermes
+from engine.recording import RolloutState
 from engine.training.curriculum import TurnSchedule
 
 log = structlog.get_logger("drillyard.feed")
@@ -62,234 +63,107 @@ class TurnResult:
     infos: dict[str, Any] = field(default_factory=dict)
 
 
-class _EpisodeOver(Exception):
-    def __init__(self, state: RolloutState, answer: str | None, reason: str | None) -> None:
-        super().__init__(reason)
-        self.state, self.answer, self.reason = state, answer, reason
+class TrainerTurns:
+    """The policy of one trainer-driven rollout: its replies are the trainer's.
+
+    The k-th model call of an attempt (k assistant messages in the conversation
+    so far) gets the trainer's k-th reply: a retried attempt replays the replies
+    already generated, and only a new turn is asked of the trainer.
+    """
+
+    def __init__(self, episode: Episode) -> None:
+        self.episode = episode
+        self.replies: list[Completion] = []
+        self._waiting: asyncio.Future[Completion] | None = None
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[ToolSpec] | None = None,
+        params: SamplingParams | None = None,
+        n: int = 1,
+    ) -> list[Completion]:
+        index = sum(1 for m in messages if m.get("role") == "assistant")
+        if index < len(self.replies):
+            return [self.replies[index]]
+        self._waiting = asyncio.get_running_loop().create_future()
+        self.episode.events.put_nowait(("generate", messages))
+        reply = await self._waiting
+        self.replies.append(reply)
+        return [reply]
+
+    def deliver(self, reply: Completion) -> None:
+        if self._waiting is None or self._waiting.done():
+            raise RuntimeError(f"sample {self.episode.uuid}: a reply came that no turn asked for")
+        self._waiting.set_result(reply)
+
+    def abandon(self, reason: str) -> None:
+        """End the rollout's wait for the trainer (the trainer restarted the sample)."""
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_exception(NotRetryable(reason))
 
 
-def masked_out(length: int) -> list[int]:
-    """The loss mask of a sample whose infrastructure failed: nothing trained on but
-    its last token, because ms-swift 4.6 (HF path) cannot batch a sample with no
-    trainable token (``logits_to_keep`` then spans the whole sequence and the
-    forward pass fails). Its reward is None, so with ``--scale_rewards gdpo`` its
-    advantage is 0 and that token carries no policy gradient either."""
-    mask = [0] * length
-    if mask:
-        mask[-1] = 1
-    return mask
+class Episode:
+    """One sample of the trainer: one rollout of the live run, and its turns so far."""
 
-
-def task_from_row(messages: list[dict[str, Any]], data: dict[str, Any]) -> Task:
-    """A task from a dataset row: ``task_id``, ``answer`` (or ``ground_truth``) and
-    ``task_metadata`` columns; the prompt is the last user message."""
-    prompt = next(
-        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
-    )
-    prompt = str(data.get("prompt") or prompt)
-    task_id = data.get("task_id")
-    if task_id is None:
-        task_id = "t-" + hashlib.sha1(prompt.encode()).hexdigest()[:12]
-    truth = data.get("answer", data.get("ground_truth"))
-    meta = data.get("task_metadata") or {}
-    if isinstance(meta, str):
-        meta = json.loads(meta) if meta.strip() else {}
-    return Task(str(task_id), prompt, truth, metadata=dict(meta))
-
-
-class Episode(Recorder):
-    """One sample of the trainer: one rollout in the store, one leased environment."""
-
-    def __init__(
-        self, feed: Feed, rollout_id: str, task: Task, step: int, budget: int | None
-    ) -> None:
-        super().__init__(feed.store, feed.run_id, rollout_id, attempt=1)
-        self.feed = feed
-        self.task = task
+    def __init__(self, uuid: str, step: int, budget: int | None) -> None:
+        self.uuid = uuid
         self.step = step
         self.budget = budget
-        self.turn = 0
-        self.slot: Slot | None = None
-        self.actions: list[ToolCall] = []
-        self.started = time.time()
-        self.over: _EpisodeOver | None = None
-        self.opened = False
-        self.reward: float | None = None
+        self.turns = TrainerTurns(self)
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.item: BatchItem | None = None
+        self.result: BatchResult | None = None
+        self.known = 0  # messages of the conversation the trainer already has
 
-    def headers(self) -> dict[str, Any]:
-        return {"step": self.step, "turn": self.turn, "trainer": "swift"}
+    @property
+    def rollout_id(self) -> str:
+        return self.item.rollout_id if self.item and self.item.rollout_id else "?"
 
-    def _record_attempt(self, state: str, error: str | None) -> None:
-        worker = self.slot.worker if self.slot else None
-        self.feed.store.record_attempt(
-            AttemptRecord(self.id, self.attempt, state, error, worker, self.started, time.time())
-        )
-
-    # ---- environment -----------------------------------------------------
-
-    async def _bounded(self, coro: Any, what: str) -> Observation:
-        try:
-            result: Observation = await asyncio.wait_for(coro, self.feed.config.step_timeout)
-        except TimeoutError as exc:
-            raise InfraError(f"{what} took longer than {self.feed.config.step_timeout}s") from exc
-        return result
-
-    async def _connect(self) -> Observation:
-        """Lease and reset an environment; on a later attempt replay the actions so far."""
-        self.slot = await self.feed.backend.acquire(self.feed.spec)
-        self.feed.store.update_rollout(self.id, worker=self.slot.worker)
-        view = self.task.view()
-        first = not self.opened  # a retry continues the episode: no second first message
-        if first:
-            payload = {"task": view.to_dict(), "step": self.step, "turn_budget": self.budget}
-            self.emit(Category.TASK, "engine", "env", "reset", payload)
-        obs = await self._bounded(self.slot.env.reset(view), "environment reset")
-        if first:
-            tools = [t["function"]["name"] for t in self.slot.env.tools]
-            payload = {**obs.to_dict(), "tools": tools}
-            self.emit(Category.OBSERVATION, "env", "agent", "reset", payload)
-            self.opened = True
-        for call in self.actions:
-            replayed = await self._bounded(self.slot.env.step(call), f"replay of {call.name}")
-            self.emit(Category.TOOL_RESULT, "env", "agent", "replay", replayed.to_dict())
-        return obs
-
-    async def _release(self) -> None:
-        if self.slot is not None:
-            slot, self.slot = self.slot, None
-            await self.feed.backend.release(slot)
-
-    async def with_env(self, op: Any) -> Any:
-        """Run ``op()`` (a coroutine factory) with a live environment, retrying faults."""
-        while True:
-            try:
-                if self.slot is None:
-                    obs = await self._connect()
-                    if op is None:
-                        return obs
-                if op is None:
-                    return None
-                return await op()
-            except RETRYABLE as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                self.emit(Category.ERROR, "engine", "engine", "error", {"error": error})
-                self.transition(S.ERROR, reason=error)
-                self._record_attempt("error", error)
-                await self._release()
-                if self.attempt >= self.feed.config.max_attempts:
-                    raise _EpisodeOver(
-                        S.ERROR, None, f"infrastructure failed {self.attempt} times: {error}"
-                    ) from exc
-                delay = self.feed.config.retry_backoff * 2 ** (self.attempt - 1)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                self.attempt += 1
-                self.started = time.time()
-                self.feed.store.update_rollout(self.id, attempt=self.attempt)
-                self.transition(S.QUEUED, reason="retry")
-                self.transition(S.STARTING)
-                if op is not None:  # back to where the episode was
-                    self.transition(S.GENERATING, reason=f"replaying {len(self.actions)} action(s)")
-                    self.transition(S.ACTING)
-
-    async def act(self, call: ToolCall) -> Observation:
-        self.emit(Category.TOOL_CALL, "agent", "env", call.name or "?", call.to_dict())
-        if call.error is not None:
-            result = Observation.error(
-                f'{call.error}. Call a tool as {{"name": "<tool>", "arguments": {{...}}}}'
-            )
-        else:
-
-            async def step() -> Observation:
-                assert self.slot is not None
-                try:
-                    return await self._bounded(self.slot.env.step(call), f"tool {call.name}")
-                except RETRYABLE:
-                    raise
-                except Exception as exc:  # the tool's fault: the agent sees it
-                    return Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")
-
-            result = await self.with_env(step)
-            self.actions.append(call)
-        self.emit(Category.TOOL_RESULT, "env", "agent", call.name or "?", result.to_dict())
-        return result
-
-    # ---- the end ---------------------------------------------------------
-
-    async def finish(self, over: _EpisodeOver) -> None:
-        self.over = over
-        await self._release()
-        reward: float | None = None
-        state, error = over.state, over.reason
-        if state is S.SCORING:
-            self.transition(S.SCORING)
-            try:
-                value = self.feed.scorer(self.task, over.answer)
-                if inspect.isawaitable(value):
-                    value = await value
-                reward = float(value)
-                self.emit(
-                    Category.SCORE,
-                    "scorer",
-                    "engine",
-                    "reward",
-                    {"answer": over.answer, "reward": reward},
-                )
-                state, error = S.DONE, None
-            except Exception as exc:
-                state, error = S.ERROR, f"scorer raised {type(exc).__name__}: {exc}"
-        elif state is S.FAILED:
-            reward = 0.0
-        if error and not (state is S.ERROR and self.state is S.ERROR):  # else already emitted
-            self.emit(Category.ERROR, "engine", "engine", str(state), {"error": error})
-        if self.state is not state:
-            self.transition(state, reason=error)
-        self.reward = reward
-        self._record_attempt(str(state), error)
-        self.feed.store.update_rollout(
-            self.id,
-            reward=reward,
-            answer=over.answer,
-            error=error,
-            turns=self.turn,
-            finished_at=time.time(),
-            policy_version=self.feed.policy_version(self.step),
-        )
+    async def next_event(self) -> tuple[str, Any]:
+        return await self.events.get()
 
     @property
     def masked(self) -> bool:
-        return self.over is not None and self.over.state is S.ERROR
+        return self.result is not None and self.result.state in (S.ERROR, S.CANCELLED)
 
     def infos(self) -> dict[str, Any]:
+        result = self.result
         return {
-            "rollout_id": self.id,
-            "run_id": self.feed.run_id,
-            "state": str(self.state),
-            "reward": self.reward,
-            "turns": self.turn,
+            "rollout_id": self.rollout_id,
+            "state": str(result.state) if result else "generating",
+            "reward": result.outcome.reward if result else None,
+            "turns": len(self.turns.replies),
             "turn_budget": self.budget,
             "step": self.step,
-            "attempts": self.attempt,
+            "attempts": result.attempts if result else None,
             "masked": self.masked,
         }
 
 
 class Feed:
-    """One training job's link to Drillyard: its store, its backend, its run."""
+    """One training job's link to Drillyard: its engine, its live run, its episodes."""
 
     def __init__(self, config: FeedConfig | None = None) -> None:
         self.config = config or FeedConfig.from_env()
         self.spec = EnvSpec(self.config.environment, dict(self.config.env_config))
-        self.scorer = resolve_scorer(self.config.scorer)
         self.schedule = TurnSchedule.from_config(self.config.curriculum)
         self.run_id = self.config.run_id or time.strftime("swift-%Y%m%d-%H%M%S")
-        self.store = TraceStore(self.config.store)
-        self.backend: Backend = create_backend(self.config.backend, **self.config.backend_options)
+        self.engine = Engine(
+            store=self.config.store,
+            backend=self.config.backend,
+            backend_options=self.config.backend_options,
+            max_attempts=self.config.max_attempts,
+            retry_backoff=self.config.retry_backoff,
+            step_timeout=self.config.step_timeout,
+            progress=False,
+        )
+        self.store = self.engine.store
+        self.live: LiveRun | None = None
         self.episodes: dict[str, Episode] = {}
         self.global_step: int | None = None  # set by the trainer's callback
         self.batches = 0
-        self._counter = 0
-        self._groups: dict[str, int] = {}
-        self._tasks_seen: set[str] = set()
+        self._batches: set[asyncio.Task[list[BatchResult]]] = set()
         self._timing: dict[int, dict[str, Any]] = {}
         self.closed = False
         self.loop = LoopThread()
@@ -300,25 +174,23 @@ class Feed:
             raise
 
     async def _open(self) -> None:
-        from engine import registry
-
-        registry.resolve("environments", self.spec.name)  # unknown names fail now
-        await self.store.open()
-        await self.backend.start()
-        existing = {r.id for r in await self.store.runs()}
-        if self.run_id in existing:
-            self._counter = len(await self.store.rollouts(self.run_id))
-            self.store.set_run_status(self.run_id, "running")
-        else:
-            config = {
-                **self.config.to_dict(),
-                "environment": self.spec.to_dict(),
-                "trainer": "ms-swift GRPO (drillyard scheduler plugin)",
-                "curriculum": self.schedule.to_dict() if self.schedule else None,
-                "backend": self.backend.name,
-            }
-            self.store.create_run(self.run_id, config, code_version())
-        await self.store.commit()
+        await self.engine.__aenter__()
+        try:
+            self.live = await self.engine.live_run(
+                None,  # every rollout has its own agent, whose turns are the trainer's
+                environment=self.spec,
+                scorer=self.config.scorer,
+                run_id=self.run_id,
+                metadata={
+                    "trainer": "ms-swift GRPO (drillyard scheduler plugin)",
+                    "curriculum": self.schedule.to_dict() if self.schedule else None,
+                    "text_tool": self.config.text_tool,
+                    "system_prompt": self.config.system_prompt,
+                },
+            )
+        except BaseException:
+            await self.engine.aclose()
+            raise
         log.info("training feed open", run=self.run_id, store=str(self.store.path))
 
     # ---- steps -----------------------------------------------------------
@@ -340,57 +212,50 @@ class Feed:
     async def start_many(
         self, rows: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], trainer_max: int | None
     ) -> list[list[dict[str, Any]]]:
-        """For each ``(uuid, messages, data)``: start an episode, return its first messages."""
+        """For each ``(uuid, messages, data)``: start a rollout, return its first messages."""
+        assert self.live is not None
         step = self.current_step()
         self.batches += 1
         timing = self._timing.setdefault(step, {"rollout_start": time.time(), "rewards": []})
         timing.setdefault("rollout_start", time.time())
-        return list(await asyncio.gather(*(self._start(*r, step, trainer_max) for r in rows)))
+        episodes, items = [], []
+        for uuid, messages, data in rows:
+            old = self.episodes.pop(uuid, None)
+            if old is not None and old.result is None:
+                old.turns.abandon("the trainer restarted this sample")
+            episode = Episode(uuid, step, self.turn_budget(step, trainer_max))
+            self.episodes[uuid] = episode
+            task = group_task(task_from_row(messages, data), step)
+            agent = Agent(
+                episode.turns,
+                system_prompt=self.config.system_prompt or system_prompt(messages),
+                max_turns=episode.budget or 8,
+                answer_from=extract_answer,
+                text_tool=self.config.text_tool,
+            )
+            headers = {"step": step, "trainer": "swift", "turn_budget": episode.budget}
+            episode.item = BatchItem(task, agent=agent, headers=headers)
+            episodes.append(episode)
+            items.append(episode.item)
 
-    async def _start(
-        self,
-        uuid: str,
-        messages: list[dict[str, Any]],
-        data: dict[str, Any],
-        step: int,
-        trainer_max: int | None,
-    ) -> list[dict[str, Any]]:
-        base = task_from_row(messages, data)
-        group = f"{base.id}@{step}"
-        task = Task(
-            group,
-            base.prompt,
-            base.ground_truth,
-            base.attachments,
-            {**base.metadata, "task_id": base.id, "step": step},
-        )
-        if group not in self._tasks_seen:
-            self._tasks_seen.add(group)
-            self.store.add_tasks(self.run_id, [task])
-        index = self._groups.get(group, 0)
-        self._groups[group] = index + 1
-        rollout_id = f"{self.run_id}.{self._counter}"
-        self._counter += 1
-        self.store.add_rollout(rollout_id, self.run_id, group, index, self.backend.name)
-        old = self.episodes.pop(uuid, None)
-        if old is not None and old.over is None:
-            await old.finish(_EpisodeOver(S.CANCELLED, None, "the trainer restarted this sample"))
-        episode = Episode(self, rollout_id, task, step, self.turn_budget(step, trainer_max))
-        self.episodes[uuid] = episode
-        self.store.update_rollout(rollout_id, attempt=1, started_at=episode.started)
-        episode.transition(S.STARTING)
-        system = self.config.system_prompt or next(
-            (m["content"] for m in messages if m.get("role") == "system"), None
-        )
-        first: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-        try:
-            obs = await episode.with_env(None)
-        except _EpisodeOver as over:
-            await episode.finish(over)
-            # the sample still needs a prompt to generate from; it is masked out
-            return first + [m for m in messages if m.get("role") != "system"]
-        episode.transition(S.GENERATING)
-        return [*first, {"role": "user", "content": obs.content}]
+        def ended(index: int, result: BatchResult) -> None:
+            episodes[index].result = result
+            episodes[index].events.put_nowait(("ended", result))
+
+        batch = asyncio.create_task(self.live.run_batch(items, all_in_flight=True, on_result=ended))
+        self._batches.add(batch)
+        batch.add_done_callback(self._batches.discard)
+        firsts = []
+        for episode, (_, messages, _) in zip(episodes, rows, strict=True):
+            kind, value = await episode.next_event()
+            if kind == "generate":
+                episode.known = len(value)
+                firsts.append(_plain(value))
+            else:  # never came up: the sample still needs a prompt; it is masked out
+                system = self.config.system_prompt or system_prompt(messages)
+                head = [{"role": "system", "content": system}] if system else []
+                firsts.append(head + [m for m in messages if m.get("role") != "system"])
+        return firsts
 
     async def turn_end(
         self,
@@ -405,77 +270,32 @@ class Feed:
         episode = self.episodes.get(uuid)
         if episode is None:
             raise RuntimeError(f"turn_end for unknown sample {uuid}: on_trajectory_start not run")
-        episode.turn = turn
-        ended_before = episode.over is not None
         calls = list(tool_calls or [])
         if not calls and content and "<tool_call>" in content:
             content, calls = parse_hermes(content, id_prefix=f"call_{turn}")
-        # the reply is recorded before what it caused, with the loss mask swift
-        # finally gets (known only after acting: a sample may end up masked)
-        place = episode.reserve()
         next_messages: list[dict[str, Any]] = []
-        if not ended_before:
-            try:
-                next_messages = await self._act(episode, turn, content, calls)
-            except _EpisodeOver as over:
-                await episode.finish(over)
-        masked = episode.over is not None and episode.masked
-        mask = masked_out(len(token_ids)) if masked else [1] * len(token_ids)
-        payload = {
-            "content": content,
-            "tool_calls": [c.to_dict() for c in calls],
-            "finish_reason": finish_reason,
-            "token_ids": token_ids,
-            "logprobs": logprobs or None,
-            "loss_mask": mask,
-            "turn": turn,
-            "step": episode.step,
-            "turn_budget": episode.budget,
-            "policy_version": self.policy_version(episode.step),
-        }
-        episode.emit(Category.MODEL_REPLY, "policy", "agent", f"turn {turn}", payload, at=place)
-        done = episode.over is not None
+        if episode.result is None:
+            episode.turns.deliver(
+                Completion(
+                    content=content,
+                    tool_calls=calls,
+                    finish_reason=finish_reason,
+                    token_ids=list(token_ids),
+                    logprobs=list(logprobs) or None,
+                    policy_version=self.policy_version(episode.step),
+                )
+            )
+            kind, value = await episode.next_event()
+            if kind == "generate":
+                next_messages = _plain(value[episode.known :])
+                next_messages = [m for m in next_messages if m["role"] != "assistant"]
+                episode.known = len(value)
+        mask = masked_out(len(token_ids)) if episode.masked else [1] * len(token_ids)
+        done = episode.result is not None
         if done:
             self.episodes.pop(uuid, None)
-        infos = episode.infos()
-        return TurnResult(done, list(token_ids), mask, list(logprobs), next_messages, infos)
-
-    async def _act(
-        self, episode: Episode, turn: int, content: str | None, calls: list[ToolCall]
-    ) -> list[dict[str, Any]]:
-        text_tool = self.config.text_tool
-        if not calls and not text_tool:
-            answer = extract_answer(content)
-            if answer is None:
-                raise _EpisodeOver(S.FAILED, None, "the final reply holds no answer")
-            raise _EpisodeOver(S.SCORING, answer, None)
-        episode.transition(S.ACTING)
-        out: list[dict[str, Any]] = []
-        if calls:
-            for call in calls:
-                result = await episode.act(call)
-                out.append({"role": "tool", "content": result.content})
-                if result.done:
-                    self._ended_by_tool(result, call.name)
-        else:
-            assert text_tool is not None
-            call = make_call(f"text_{turn}", text_tool, {"text": content or ""})
-            result = await episode.act(call)
-            out.append({"role": "user", "content": result.content})
-            if result.done:
-                self._ended_by_tool(result, text_tool)
-        if episode.budget is not None and turn >= episode.budget:
-            raise _EpisodeOver(
-                S.FAILED, None, f"turn limit of {episode.budget} reached without an answer"
-            )
-        episode.transition(S.GENERATING)
-        return out
-
-    @staticmethod
-    def _ended_by_tool(result: Observation, name: str) -> None:
-        if result.answer is None:
-            raise _EpisodeOver(S.FAILED, None, f"tool {name} ended the episode with no answer")
-        raise _EpisodeOver(S.SCORING, result.answer, None)
+        return TurnResult(done, list(token_ids), mask, list(logprobs), next_messages,
+                          episode.infos())  # fmt: skip
 
     async def rewards(self, rollout_ids: list[str | None]) -> list[float | None]:
         """Each rollout's reward as the store holds it (None: masked or unknown)."""
@@ -487,7 +307,7 @@ class Feed:
                 continue
             rec = await self.store.rollout(rid)
             ok = rec.state in ("done", "failed", "timed_out")
-            out.append(rec.reward if ok else None)
+            out.append((rec.reward if rec.reward is not None else 0.0) if ok else None)
         step = self.current_step()
         timing = self._timing.setdefault(step, {"rewards": []})
         timing["rollout_end"] = time.time()
@@ -509,6 +329,9 @@ class Feed:
             "samples": len(rewards),
             "mean_reward": sum(rewards) / len(rewards) if rewards else None,
         }
+        if self.live is not None:
+            data = {k: v for k, v in row.items() if k != "step"}
+            self.store.record_train_step(self.live.id, step, **data)
         if self.config.timings:
             path = Path(self.config.timings)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -517,22 +340,24 @@ class Feed:
         return row
 
     async def _close(self) -> None:
-        for episode in list(self.episodes.values()):
-            if episode.over is None:
-                await episode.finish(_EpisodeOver(S.CANCELLED, None, "training ended"))
+        for episode in self.episodes.values():
+            episode.turns.abandon("training ended")
+        for batch in list(self._batches):
+            batch.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
         self.episodes.clear()
-        self.store.set_run_status(self.run_id, "finished")
         try:
-            await self.backend.close()
+            if self.live is not None:
+                await self.live.finish("finished")
         finally:
-            await self.store.close()
+            await self.engine.aclose()
 
     def flush(self) -> None:
         if not self.closed:
             self.loop.call(self.store.commit())
 
     def close(self) -> None:
-        """Finish open episodes, close the backend and the store, stop the loop (idempotent)."""
+        """Finish open episodes, close the engine (backend and store), stop the loop."""
         if self.closed:
             return
         self.closed = True
@@ -541,3 +366,8 @@ class Feed:
                 self.loop.call(self._close(), timeout=60)
         finally:
             self.loop.stop()
+
+
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as the trainer keeps them: role and content only."""
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from engine.environment import ToolCall, ToolSpec
+from engine.policy.tokens import TOKEN_IDS_KEY
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +54,19 @@ class Completion:
     usage: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     policy_version: str | None = None
+    # prompt positions [start, end) of end-of-turn tokens closing a previous turn
+    # the model did not end itself, and their logprobs (`engine.policy.tokens`)
+    closing: list[int] | None = None
+    closing_logprobs: list[float] | None = None
 
     def assistant_message(self) -> dict[str, Any]:
-        """The OpenAI-format assistant message to append to the conversation."""
+        """The OpenAI-format assistant message to append to the conversation; it
+        carries the turn's exact ids where the server gave them (`engine.policy.tokens`)."""
         msg: dict[str, Any] = {"role": "assistant", "content": self.content or ""}
         if self.tool_calls:
             msg["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        if self.prompt_token_ids and self.token_ids:
+            msg[TOKEN_IDS_KEY] = [*self.prompt_token_ids, *self.token_ids]
         return msg
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +80,8 @@ class Completion:
             "usage": self.usage,
             "model": self.model,
             "policy_version": self.policy_version,
+            "closing": self.closing,
+            "closing_logprobs": self.closing_logprobs,
         }
 
 

@@ -13,6 +13,7 @@ import structlog
 from engine.environment import ToolSpec
 from engine.errors import NotRetryable, PolicyError
 from engine.policy.base import Completion, SamplingParams
+from engine.policy.tokens import Continuation, TokenContinuation, without_token_ids
 from engine.policy.toolcalls import parse_hermes, parse_openai_tool_calls
 from engine.resources import AsyncResource, close_session
 
@@ -29,6 +30,9 @@ class OpenAIPolicy(AsyncResource):
     exponential backoff; every try has a ``timeout`` deadline. Tool calls come
     from the ``tool_calls`` field or, failing that, from Hermes ``<tool_call>``
     text. ``version`` is stamped on every completion (bump it after a weight reload).
+    ``exact_tokens`` sends later turns as the exact token ids of the conversation so
+    far (vLLM; see `engine.policy.tokens`), so what the model was conditioned on is
+    what a trainer trains on; it implies ``return_token_ids``.
     """
 
     def __init__(
@@ -43,8 +47,12 @@ class OpenAIPolicy(AsyncResource):
         backoff: float = 0.5,
         max_backoff: float = 8.0,
         version: str | None = None,
+        exact_tokens: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.root_url = self.base_url.removesuffix("/v1")
+        self.exact_tokens = exact_tokens
+        self._tokens = TokenContinuation(self.tokenize) if exact_tokens else None
         self.model = model
         self.api_key = api_key
         self.timeout = timeout
@@ -67,6 +75,7 @@ class OpenAIPolicy(AsyncResource):
             "max_in_flight": self.max_in_flight,
             "timeout": self.timeout,
             "retries": self.retries,
+            "exact_tokens": self.exact_tokens,
         }
 
     async def __aenter__(self) -> Self:
@@ -99,7 +108,7 @@ class OpenAIPolicy(AsyncResource):
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            "messages": without_token_ids(messages),
             "n": n,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -130,12 +139,50 @@ class OpenAIPolicy(AsyncResource):
         n: int = 1,
     ) -> list[Completion]:
         body = self.request_body(messages, tools, params or SamplingParams(), n)
+        cont = None
+        if self._tokens is not None:
+            body["return_token_ids"] = True
+            cont = await self._tokens.continuation(messages, tools)
+            if cont is not None:
+                body["kv_transfer_params"] = {"prompt_token_ids": cont.prompt_token_ids}
+                if cont.closing is not None:
+                    body["prompt_logprobs"] = 0
         version = self.version  # the weights the request was sent to, not those after a reload
         data = await self._post("/chat/completions", body)
-        return self.parse_response(data, version)
+        completions = self.parse_response(data, version)
+        if cont is not None and cont.closing is not None:
+            closing = _closing_logprobs(data, cont)
+            for c in completions:
+                c.closing, c.closing_logprobs = list(cont.closing), closing
+        return completions
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = self.base_url + path
+    async def end_of_turn_token(self) -> int | None:
+        """The id that ends an assistant turn in the chat template (exact_tokens only)."""
+        suffix = await self._tokens.assistant_suffix() if self._tokens else None
+        return suffix[0] if suffix else None
+
+    async def tokenize(
+        self,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+        add_generation_prompt: bool = True,
+        tools: list[ToolSpec] | None = None,
+    ) -> list[int]:
+        """Token ids from the server's ``/tokenize`` (vLLM): a conversation through
+        its chat template, or a plain text without special tokens."""
+        body: dict[str, Any] = {"model": self.model}
+        if messages is not None:
+            body.update(messages=messages, add_generation_prompt=add_generation_prompt)
+            if tools:
+                body["tools"] = tools
+        else:
+            body.update(prompt=prompt or "", add_special_tokens=False)
+        data = await self._post("/tokenize", body, root=True)
+        return [int(t) for t in data.get("tokens") or []]
+
+    async def _post(self, path: str, body: dict[str, Any], *, root: bool = False) -> dict[str, Any]:
+        url = (self.root_url if root else self.base_url) + path
         last = "no attempt made"
         async with self._limit:
             session = self._ensure_session()
@@ -199,3 +246,18 @@ class OpenAIPolicy(AsyncResource):
         if not out:
             raise PolicyError(f"model server returned no choices: {str(data)[:300]}")
         return out
+
+
+def _closing_logprobs(data: dict[str, Any], cont: Continuation) -> list[float] | None:
+    """The logprobs of the closing tokens, from the reply's ``prompt_logprobs``."""
+    assert cont.closing is not None
+    start, end = cont.closing
+    rows = data.get("prompt_logprobs") or []
+    out: list[float] = []
+    for pos in range(start, end):
+        row = rows[pos] if pos < len(rows) else None
+        entry = (row or {}).get(str(cont.prompt_token_ids[pos]))
+        if not isinstance(entry, dict) or not isinstance(entry.get("logprob"), int | float):
+            return None
+        out.append(float(entry["logprob"]))
+    return out

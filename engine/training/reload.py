@@ -90,6 +90,15 @@ class WeightReloader(AsyncResource):
         """Raise `ReloadError` with the fix when the server is not in dev mode."""
         await self._request("GET", "/is_paused")
 
+    async def reset_prefix_cache(self) -> None:
+        await self._request("POST", "/reset_prefix_cache")
+
+    async def served_model_root(self) -> str | None:
+        """Where the server loaded its weights from (``root`` of ``/v1/models``)."""
+        info = await self._request("GET", "/v1/models")
+        models = info.get("data") if isinstance(info, dict) else None
+        return str(models[0].get("root") or "") or None if models else None
+
     async def weight_version(self) -> str | None:
         info = await self._request("GET", "/weight_info")
         return info.get("weight_version") if isinstance(info, dict) else None

@@ -26,8 +26,8 @@ import anyio
 
 from engine.backend import build_environment
 from engine.environment import EnvSpec, ToolSpec
-from engine.messages import Category
 from engine.store import RolloutRecord, TraceStore
+from engine.training.trajectory import load_trajectory
 
 
 def _arguments(raw: str) -> Any:
@@ -48,44 +48,39 @@ async def _run_tools(store: TraceStore, run_id: str) -> list[ToolSpec]:
         await environment.close()
 
 
-def _system_prompt(config: dict[str, Any]) -> str | None:
+def _run_setting(config: dict[str, Any], name: str) -> Any:
+    """A setting of the run's agent: its own, else the run's (a training job's
+    rollouts each bring an agent; their shared settings are in the metadata)."""
     agent = config.get("agent") or {}
-    value = agent.get("system_prompt") or config.get("system_prompt")
+    return agent.get(name) or config.get(name) or (config.get("metadata") or {}).get(name)
+
+
+def _system_prompt(config: dict[str, Any]) -> str | None:
+    value = _run_setting(config, "system_prompt")
     return str(value) if value else None
 
 
 async def sft_row(
     store: TraceStore, rollout: RolloutRecord, tools: list[ToolSpec], system: str | None
 ) -> dict[str, Any] | None:
-    """A rollout's trajectory as an SFT row (None when it has no final reply).
-
-    It starts at the last environment reset: an engine retry restarts the
-    episode (a new reset), a training-feed retry continues it (replays only).
-    """
-    msgs = await store.messages(rollout.id)
-    resets = [i for i, m in enumerate(msgs) if m.category == Category.OBSERVATION]
-    msgs = msgs[resets[-1] :] if resets else []
+    """A rollout's trajectory (`engine.training.trajectory`) as an SFT row (None
+    when it has no final reply)."""
+    trajectory = await load_trajectory(store, rollout.id)
+    if trajectory is None:
+        return None
     out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    pending_text_reply = False
-    for m in msgs:
-        p = m.payload
-        if m.category == Category.OBSERVATION and m.topic == "reset":
-            out.append({"role": "user", "content": str(p.get("content", ""))})
-        elif m.category == Category.MODEL_REPLY:
-            calls = p.get("tool_calls") or []
-            content = p.get("content") or ""
-            if content or not calls:
-                out.append({"role": "assistant", "content": content})
-            for call in calls:
-                body = {"name": call.get("name"), "arguments": _arguments(call["arguments"])}
-                out.append({"role": "tool_call", "content": json.dumps(body, ensure_ascii=False)})
-            pending_text_reply = not calls
-        elif m.category == Category.TOOL_RESULT and m.topic != "replay":
-            if p.get("done"):
-                continue  # the environment's word after the final answer
-            role = "user" if pending_text_reply else "tool_response"
-            out.append({"role": role, "content": str(p.get("content", ""))})
-    while out and out[-1]["role"] != "assistant":
+    out.append({"role": "user", "content": trajectory.first_observation})
+    for turn in trajectory.turns:
+        content = turn.content or ""
+        if content or not turn.tool_calls:
+            out.append({"role": "assistant", "content": content})
+        for call in turn.tool_calls:
+            body = {"name": call.get("name"), "arguments": _arguments(call["arguments"])}
+            out.append({"role": "tool_call", "content": json.dumps(body, ensure_ascii=False)})
+        for obs in turn.observations:
+            role = "tool_response" if obs["role"] == "tool" else "user"
+            out.append({"role": role, "content": obs["content"]})
+    while out and out[-1]["role"] != "assistant":  # the environment's word after the answer
         out.pop()
     if not any(m["role"] == "assistant" for m in out):
         return None
@@ -106,7 +101,7 @@ async def export_sft(
     """Write the run's successful trajectories as swift SFT JSONL; return the count."""
     record = await store.run(run_id)
     if tools is None:  # a text-action environment's tool is not the model's to call
-        text_actions = bool(record.config.get("text_tool"))
+        text_actions = bool(_run_setting(record.config, "text_tool"))
         tools = [] if text_actions else await _run_tools(store, run_id)
     system = _system_prompt(record.config)
     rows = []

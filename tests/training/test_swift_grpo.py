@@ -21,6 +21,7 @@ import pytest
 
 from engine.integrations import SWIFT_PLUGIN
 from engine.store import TraceStore
+from engine.training.trajectory import load_trajectory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -116,7 +117,7 @@ async def test_two_grpo_steps_through_the_plugin(swift_run: dict[str, Path]) -> 
     async with TraceStore(swift_run["store"]) as store:
         run = await store.run("grpo-test")
         assert run.status == "finished"  # closed at the trainer's exit
-        assert run.config["curriculum"]["budgets"] == [1, 2]
+        assert run.config["metadata"]["curriculum"]["budgets"] == [1, 2]
         rollouts = await store.rollouts("grpo-test")
         assert len(rollouts) == 2 * 12  # every sample of both steps, none duplicated
         by_id = {r.id: r for r in rollouts}
@@ -127,9 +128,8 @@ async def test_two_grpo_steps_through_the_plugin(swift_run: dict[str, Path]) -> 
             kind = r.task_id.split("@")[0].removeprefix("secret-")
             attempts = await store.attempts(r.id)
             msgs = await store.messages(r.id)
-            task_msg = next(m for m in msgs if m.category == "task")
-            assert task_msg.payload["turn_budget"] == step + 1  # the curriculum, recorded
             assert all(m.headers["step"] == step for m in msgs)
+            assert all(m.headers["turn_budget"] == step + 1 for m in msgs)  # the curriculum
             assert r.policy_version == f"step-{step}"
             if kind == "always":
                 assert r.state == "error" and r.reward is None
@@ -146,17 +146,18 @@ async def test_two_grpo_steps_through_the_plugin(swift_run: dict[str, Path]) -> 
         for c in trained:
             r = by_id[c["rollout_id"]]
             seen.add(r.id)
-            replies = await store.messages(r.id, "model_reply")
-            assert [m.payload["token_ids"] for m in replies] == c["response_token_ids"]
-            assert [m.payload["loss_mask"] for m in replies] == c["response_loss_mask"]
+            trajectory = await load_trajectory(store, r.id)  # its last attempt
+            assert trajectory is not None
+            sampled = [t.token_ids for t in trajectory.turns]
+            assert sampled == c["response_token_ids"]
             runs = labelled_runs(c["labels"])
-            if r.state == "error":  # masked out (all but one token, see feed.masked_out)
+            if r.state == "error":  # masked out (all but one token, see masked_out)
                 assert c["masked"] and sum(map(sum, c["response_loss_mask"])) == 1
-                assert len(runs) == 1 and runs[0][0] == replies[-1].payload["token_ids"][-1]
+                assert len(runs) == 1 and runs[0][0] == sampled[-1][-1]
                 continue
-            assert len(runs) == len(replies)
-            for got, reply in zip(runs, replies, strict=True):
-                ids = reply.payload["token_ids"]
+            assert c["response_loss_mask"] == [[1] * len(ids) for ids in sampled]
+            assert len(runs) == len(sampled)
+            for got, ids in zip(runs, sampled, strict=True):
                 assert got[: len(ids)] == ids  # the sampled ids, exactly
                 assert set(got[len(ids) :]) <= {IM_END, NEWLINE}  # swift's turn suffix only
         assert seen == set(by_id)  # swift trained on every recorded rollout

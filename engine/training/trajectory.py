@@ -1,0 +1,162 @@
+"""A rollout's trajectory as the store holds it: the turns a trainer learns from.
+
+One walk over a rollout's recorded messages serves every consumer (the rollout
+server's replies to swift, SFT export): it starts at the attempt's environment
+reset (an engine retry restarts the episode), and yields each model reply with
+its exact token ids, prompt token ids, logprobs and policy version, followed by
+the observations the environment answered it with. A plain reply that a
+text-action tool answered is followed by a ``user`` observation, a tool call's
+result by a ``tool`` one; replays of earlier actions are not observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.messages import Category, Message
+from engine.store import TraceStore
+
+
+@dataclass(slots=True)
+class Turn:
+    """One model reply and what the environment answered it with."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]]
+    token_ids: list[int] | None
+    prompt_token_ids: list[int] | None
+    logprobs: list[float] | None
+    finish_reason: str | None
+    policy_version: str | None
+    observations: list[dict[str, str]] = field(default_factory=list)
+    closing: list[int] | None = None
+    closing_logprobs: list[float] | None = None
+
+
+@dataclass(slots=True)
+class Packed:
+    """A trajectory after its first prompt as one id sequence. Per position:
+    ``sampled`` (the model sampled it), ``closing`` (an end-of-turn token that
+    closed a turn the model did not end, trained as part of that turn), and the
+    ``logprob`` the server gave it (None: not known)."""
+
+    token_ids: list[int]
+    sampled: list[bool]
+    closing: list[bool]
+    position_logprobs: list[float | None]
+
+    def mask(self, *, masked_out: bool = False) -> list[int]:
+        """1 where a trainer trains: the sampled and closing ids; ``masked_out``
+        (the infrastructure failed) keeps only the closing ids and the last sampled
+        one (see `engine.integrations.swift_protocol.masked_out`)."""
+        trained = [s or c for s, c in zip(self.sampled, self.closing, strict=True)]
+        if masked_out:
+            last = max(i for i, s in enumerate(self.sampled) if s)
+            trained = [c or i == last for i, c in enumerate(self.closing)]
+        return [int(t) for t in trained]
+
+    def logprobs(self, mask: list[int]) -> list[float] | None:
+        """The logprobs of the ids ``mask`` trains on, in order (None: one is unknown)."""
+        out = [lp for lp, m in zip(self.position_logprobs, mask, strict=True) if m]
+        return None if any(lp is None for lp in out) else [float(lp or 0.0) for lp in out]
+
+
+@dataclass(slots=True)
+class Trajectory:
+    """The turns of one attempt of one rollout, from its environment reset on."""
+
+    rollout_id: str
+    attempt: int
+    task: dict[str, Any]
+    first_observation: str
+    turns: list[Turn]
+
+    @property
+    def token_exact(self) -> bool:
+        """Every turn's prompt holds the previous turns exactly as they were sampled
+        (the ids the model saw are the ids a trainer trains on)."""
+        return self.packed() is not None
+
+    @property
+    def policy_versions(self) -> list[str | None]:
+        return [t.policy_version for t in self.turns]
+
+    def packed(self, end_token: int | None = None) -> Packed | None:
+        """Everything after the first prompt as one sequence (`Packed`); None unless
+        every turn carries its ids and every later prompt extends the previous
+        prompt and completion (see `engine.policy.tokens`). ``end_token`` (the
+        end-of-turn id) is appended, not trained, when the last completion stopped
+        without it (cut at its length limit), so a trainer's template adds none."""
+        turns = self.turns
+        if not turns or not all(t.token_ids and t.prompt_token_ids for t in turns):
+            return None
+        seq: list[int] = list(turns[0].prompt_token_ids or [])
+        start = len(seq)
+        sampled, closing = [False] * start, [False] * start
+        lps: list[float | None] = [None] * start
+        for turn in turns:
+            prompt, ids = turn.prompt_token_ids or [], turn.token_ids or []
+            if prompt[: len(seq)] != seq:
+                return None
+            grown = len(prompt) - len(seq)
+            sampled += [False] * grown
+            closing += [False] * grown
+            lps += [None] * grown
+            if turn.closing:
+                first, end = turn.closing
+                for k, pos in enumerate(range(first, end)):
+                    closing[pos] = True
+                    lps[pos] = turn.closing_logprobs[k] if turn.closing_logprobs else None
+            known = turn.logprobs is not None and len(turn.logprobs) == len(ids)
+            seq = [*prompt, *ids]
+            sampled += [True] * len(ids)
+            closing += [False] * len(ids)
+            lps += list(turn.logprobs) if known and turn.logprobs else [None] * len(ids)
+        if end_token is not None and seq[-1] != end_token:
+            seq.append(end_token)
+            sampled.append(False)
+            closing.append(False)
+            lps.append(None)
+        return Packed(seq[start:], sampled[start:], closing[start:], lps[start:])
+
+
+def trajectory_of(rollout_id: str, messages: list[Message]) -> Trajectory | None:
+    """The trajectory of the last attempt that reached an environment reset."""
+    resets = [i for i, m in enumerate(messages) if m.category == Category.OBSERVATION]
+    if not resets:
+        return None
+    start = resets[-1]
+    reset = messages[start]
+    task: dict[str, Any] = next(
+        (m.payload.get("task", {}) for m in reversed(messages[:start]) if m.category == "task"),
+        {},
+    )
+    turns: list[Turn] = []
+    for m in messages[start + 1 :]:
+        if m.attempt != reset.attempt:
+            break
+        p = m.payload
+        if m.category == Category.MODEL_REPLY:
+            turns.append(
+                Turn(
+                    content=p.get("content"),
+                    tool_calls=list(p.get("tool_calls") or []),
+                    token_ids=p.get("token_ids"),
+                    prompt_token_ids=p.get("prompt_token_ids"),
+                    logprobs=p.get("logprobs"),
+                    finish_reason=p.get("finish_reason"),
+                    policy_version=p.get("policy_version"),
+                    closing=p.get("closing"),
+                    closing_logprobs=p.get("closing_logprobs"),
+                )
+            )
+        elif m.category == Category.TOOL_RESULT and m.topic != "replay" and turns:
+            role = "tool" if turns[-1].tool_calls else "user"
+            turns[-1].observations.append({"role": role, "content": str(p.get("content", ""))})
+    return Trajectory(rollout_id, reset.attempt, task, str(reset.payload.get("content", "")), turns)
+
+
+async def load_trajectory(store: TraceStore, rollout_id: str) -> Trajectory | None:
+    """`trajectory_of` the rollout's committed messages (None: no attempt reached a reset)."""
+    return trajectory_of(rollout_id, await store.messages(rollout_id))
