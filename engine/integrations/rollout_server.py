@@ -275,6 +275,7 @@ class RolloutServer(AsyncResource):
             self.live.id, step, sync_reload_s=sum(result.reload_s.values()),
             sync_wait_s=round(result.waited_s, 4), policy_version=result.version,
         )  # fmt: skip
+        await self.live.store.commit()
         return web.json_response(result.to_dict(), dumps=_dumps)
 
     async def _steps(self, request: web.Request) -> web.Response:
@@ -293,26 +294,28 @@ class RolloutServer(AsyncResource):
         batch = parse_batch(await self._body(request))
         self.sync.check_running()
         assert self.live is not None
-        step = self.sync.train_step()
+        step = self.batches  # batch b is trained at step b (with or without overlap)
+        self.batches += 1
         items = [self._item(req, batch, step) for req in batch.infer_requests]
-        token = await self.sync.batch_started()
+        waited = await self.sync.batch_started(step)
         started = time.perf_counter()
         try:
             results = await self.live.run_batch(items)
         finally:
-            await self.sync.batch_ended(token)
+            await self.sync.batch_ended()
         rollout_s = time.perf_counter() - started
         outputs = [await self._output(res, item) for res, item in zip(results, items, strict=True)]
-        self.batches += 1
         rewards = [o["rollout_infos"]["drillyard"]["reward"] for o in outputs]
         scored = [r for r in rewards if r is not None]
         lags = [o["rollout_infos"]["drillyard"]["lag"] for o in outputs]
         self.live.store.record_train_step(
             self.live.id, step, rollout_s=round(rollout_s, 4), rollouts=len(outputs),
+            staleness_wait_s=round(waited, 4),
             masked=sum(o["rollout_infos"]["drillyard"]["masked"] for o in outputs),
             mean_reward=sum(scored) / len(scored) if scored else None,
             lag_max=max((lag for lag in lags if lag is not None), default=None),
         )  # fmt: skip
+        await self.live.store.commit()
         log.info("batch rolled out", step=step, rollouts=len(outputs), seconds=round(rollout_s, 3))
         return web.json_response(outputs, dumps=_dumps)
 
@@ -370,13 +373,14 @@ class RolloutServer(AsyncResource):
             )
         reward = (result.outcome.reward if result.state is S.DONE else 0.0) if scored else None
         versions = trajectory.policy_versions
-        lags = [lag for lag in (self.sync.lag(v) for v in versions) if lag is not None]
+        step = int(item.headers["step"])
+        lags = [lag for lag in (self.sync.lag(v, step) for v in versions) if lag is not None]
         infos = {
             "source": "rollout-server",
             "rollout_id": result.rollout_id,
             "run_id": self.live.id,
             "task_id": item.task.metadata.get("task_id"),
-            "step": item.headers.get("step"),
+            "step": step,
             "state": str(result.state),
             "reward": reward,
             "masked": not scored,

@@ -269,6 +269,11 @@ def serve_weights(self: Any, skip_async_check: bool = False) -> None:
     urls = _server_urls(self)
     if urls is None:
         raise RuntimeError("drillyard weight sync is for --vllm_mode server")
+    if getattr(args, "multi_turn_scheduler", None):
+        raise RuntimeError(
+            "in server mode the drillyard rollout server runs the whole multi-turn rollout: "
+            "drop --multi_turn_scheduler from swift rlhf"
+        )
     step = int(self.state.global_step)
     began = time.perf_counter()
     if self.accelerator.is_main_process:

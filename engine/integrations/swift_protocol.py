@@ -92,10 +92,15 @@ def parse_batch(body: Any) -> InferBatch:
 
 
 def engine_type() -> dict[str, Any]:
-    """``POST /get_engine_type/``: the server runs whole multi-turn rollouts itself."""
+    """``POST /get_engine_type/``. The server runs whole multi-turn rollouts and
+    answers one complete trajectory per request, so to the trainer each reply is
+    a finished sample: ``enable_multi_turn`` is False. (True would also make
+    swift 4.6 pass its ``trajectory_inputs`` dict to reward functions, and its
+    warning for a sample whose rewards are all None, a masked one, then fails
+    indexing that dict: ``rl_core/grpo_algorithm.py`` line 82.)"""
     return {
         "engine_type": "AsyncLLMEngine",
-        "enable_multi_turn": True,
+        "enable_multi_turn": False,
         "use_gym_env": False,
         "enable_lora": False,
     }

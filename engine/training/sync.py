@@ -2,17 +2,18 @@
 
 After an optimizer step the trainer writes a checkpoint and asks for it to be
 served. `WeightSync.apply` checks the checkpoint (every safetensors file can
-be opened, before any server is paused), waits while a batch still rolling
-out would end up more than ``max_staleness`` policy versions behind the
-weights it is trained against, then reloads it into every server (pause →
-``reload_weights`` → reset prefix cache → resume, `engine.training.reload`)
-and bumps the policy version, so every later model call records the new one.
+be opened, before any server is paused), waits until no batch is rolling out
+(a rollout never mixes two policy versions), then reloads it into every
+server (pause → ``reload_weights`` → reset prefix cache → resume,
+`engine.training.reload`) and bumps the policy version, so every later model
+call records the new one.
 
-Staleness: a rollout generated with policy version ``v`` and trained at step
-``t`` lags ``t - v`` versions. Without overlap the trainer trains on a batch
-at the version it was generated with (lag 0); with ``--async_generate`` the
-next batch is generated while the current step trains (lag 1). A weight update
-that would push a batch still in flight past the bound waits for that batch.
+Staleness: batch ``b`` (the ``b``-th the trainer asked for) is trained at
+step ``b``; generated with the weights of step ``v`` it lags ``b - v``
+versions. Without overlap every batch is generated right after its step's
+weights arrived (lag 0); with ``--async_generate`` the next batch is generated
+while the current step trains (lag 1). A batch that would lag more than
+``max_staleness`` waits, before it starts, for newer weights.
 
 A checkpoint that fails to load stops the sync for good: the servers are put
 back on the last weights that loaded, and every later request is refused with
@@ -23,8 +24,8 @@ servers.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,39 +114,49 @@ class WeightSync:
         self.reloaders = reloaders
         self.max_staleness = max_staleness
         self.wait_timeout = wait_timeout
-        self.step: int | None = None  # the trainer step of the weights being served
+        self.step = 0  # the trainer step of the weights being served
         self.overlap = False  # the trainer generates the next batch while it trains
         self.stopped: str | None = None
         self.last_good: Path | None = None
         self.history: list[SyncResult] = []
-        self._in_flight: dict[int, int] = {}  # batch id -> version step it started on
-        self._ids = itertools.count()
+        self.in_flight = 0
         self._changed = asyncio.Condition()
-
-    # ---- batches ---------------------------------------------------------
 
     def check_running(self) -> None:
         if self.stopped is not None:
             raise SyncStopped(self.stopped)
 
-    def train_step(self) -> int:
-        """The trainer step a batch requested now will be trained at."""
-        return (self.step or 0) + (1 if self.overlap else 0)
-
-    def lag(self, version: str | None) -> int | None:
-        """How many versions a rollout of ``version`` lags the step it is trained at."""
+    def lag(self, version: str | None, batch: int) -> int | None:
+        """How many versions a rollout of ``version`` in batch ``batch`` lags its step."""
         ran = version_step(version)
-        return None if ran is None else self.train_step() - ran
+        return None if ran is None else batch - ran
 
-    async def batch_started(self) -> int:
+    async def _wait(self, ready: Callable[[], bool], what: str) -> float:
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._changed.wait_for(ready), self.wait_timeout)
+        except TimeoutError as exc:
+            raise SyncStopped(f"{what} waited {self.wait_timeout}s") from exc
+        return time.perf_counter() - t0
+
+    # ---- batches ---------------------------------------------------------
+
+    async def batch_started(self, batch: int) -> float:
+        """Wait until batch ``batch`` would lag no more than ``max_staleness``
+        versions, then count it in flight; the seconds waited."""
         self.check_running()
-        batch = next(self._ids)
-        self._in_flight[batch] = self.step or 0
-        return batch
-
-    async def batch_ended(self, batch: int) -> None:
         async with self._changed:
-            self._in_flight.pop(batch, None)
+            waited = await self._wait(
+                lambda: batch - self.step <= self.max_staleness or self.stopped is not None,
+                f"batch {batch} (weights of step {self.step}, bound {self.max_staleness})",
+            )
+            self.check_running()
+            self.in_flight += 1
+        return waited
+
+    async def batch_ended(self) -> None:
+        async with self._changed:
+            self.in_flight -= 1
             self._changed.notify_all()
 
     # ---- weight updates --------------------------------------------------
@@ -154,44 +165,39 @@ class WeightSync:
         """Serve the checkpoint of trainer step ``step`` on every server."""
         self.check_running()
         path = Path(await anyio.Path(weights_path).resolve())
-        await anyio.to_thread.run_sync(check_checkpoint, path)
+        try:
+            await anyio.to_thread.run_sync(check_checkpoint, path)
+        except ReloadError as exc:  # nothing was touched: the servers keep their weights
+            await self._stop(f"weights of step {step}: {exc}", restore=False)
+            raise SyncStopped(self.stopped or str(exc)) from exc
         self.overlap = overlap
-        trained_at = step + (1 if overlap else 0)
-        t0 = time.perf_counter()
-
-        def too_stale() -> bool:
-            return any(trained_at - v > self.max_staleness for v in self._in_flight.values())
-
         async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: not too_stale()),
-                                       self.wait_timeout)  # fmt: skip
-            except TimeoutError as exc:
-                raise SyncStopped(
-                    f"weights of step {step} waited {self.wait_timeout}s for rollouts that "
-                    f"would lag more than {self.max_staleness} version(s)"
-                ) from exc
-        result = SyncResult(step, version_name(step), str(path), time.perf_counter() - t0)
-        for reloader in self.reloaders:
-            try:
-                done = await reloader.reload(path, result.version)
-            except ReloadError as exc:
-                await self._stop(f"weights of step {step} from {path} failed to load on "
-                                 f"{reloader.url}: {exc}")  # fmt: skip
-                raise SyncStopped(self.stopped or str(exc)) from exc
-            result.reload_s[reloader.url] = round(done.total_s, 4)
-        self.step, self.last_good = step, path
+            what = f"weights of step {step} (for the rollouts in flight)"
+            waited = await self._wait(lambda: self.in_flight == 0, what)
+            result = SyncResult(step, version_name(step), str(path), waited)
+            for reloader in self.reloaders:
+                try:
+                    done = await reloader.reload(path, result.version)
+                except ReloadError as exc:
+                    await self._stop(f"weights of step {step} from {path} failed to load on "
+                                     f"{reloader.url}: {exc}", restore=True)  # fmt: skip
+                    raise SyncStopped(self.stopped or str(exc)) from exc
+                result.reload_s[reloader.url] = round(done.total_s, 4)
+            self.step, self.last_good = step, path
+            self._changed.notify_all()
         self.history.append(result)
         log.info("weights served", **result.to_dict())
         return result
 
-    async def _stop(self, reason: str) -> None:
-        """Put every server back on the last weights that loaded; refuse what follows."""
+    async def _stop(self, reason: str, *, restore: bool) -> None:
+        """Refuse what follows; put every server back on the last weights that loaded."""
         self.stopped = reason
         log.error("weight sync stopped", reason=reason)
-        if self.last_good is None:
+        async with self._changed:
+            self._changed.notify_all()
+        if not restore or self.last_good is None:
             return
-        version = version_name(self.step or 0)
+        version = version_name(self.step)
         for reloader in self.reloaders:
             try:
                 await reloader.reload(self.last_good, version)
