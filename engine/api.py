@@ -30,6 +30,7 @@ from engine.logs import configure_logging
 from engine.messages import Message
 from engine.ordering import ORDERS, TaskOrder, check_order, estimates, longest_first
 from engine.passk import PassAtK, compute_pass_at_k
+from engine.policy.base import preflight
 from engine.recording import RolloutState
 from engine.resources import AsyncResource
 from engine.rollout import Limits, Outcome, Rollout, Scorer
@@ -202,6 +203,7 @@ class Engine(AsyncResource):
             raise ConfigError("samples", f"must be >= 1, got {samples}")
         env = self._environment(environment)
         score_fn = resolve_scorer(scorer)
+        await preflight(agent.policy)  # an unreachable model server fails here, once
         run_id = run_id or new_run_id()
         config = {
             "environment": env.to_dict() if isinstance(env, EnvSpec) else {"factory": repr(env)},
@@ -263,6 +265,7 @@ class Engine(AsyncResource):
                 "pass environment= to resume",
             )
         score_fn = resolve_scorer(scorer if scorer is not None else record.config["scorer"])
+        await preflight(agent.policy)
         tasks = {t.id: t for t in await self.store.tasks(run_id)}
         unfinished = await self.store.unfinished(run_id)
         seqs = await self.store.next_seqs(run_id)
