@@ -43,6 +43,7 @@ RUNS_PER_PAGE = 50
 ROLLOUTS_PER_PAGE = 100
 GROUPS_PER_PAGE = 100
 MESSAGES_PER_PAGE = 500
+MAX_MESSAGES_PER_PAGE = 5000
 RAW_LIST_ITEMS = 24  # longer arrays (token ids, logprobs) are cut in the inline raw view
 RAW_TEXT_CHARS = 20_000
 GANTT_ATTEMPTS = 20_000  # the timeline draws at most this many attempts (the first by start)
@@ -63,6 +64,7 @@ class Page:
     live: bool = False
     rev: str = ""
     tail: int | None = None  # rollout page: last seq shown (the live tail starts after it)
+    sections: tuple[str, ...] = ()  # parts re-rendered whole while live (template _NAME.html)
     tail_messages: list[MessageView] = field(default_factory=list)
 
 
@@ -258,24 +260,9 @@ async def run_page(
         }
     )
     fields.update({f"spread|c{c}": fmt_n(n) for c, n in sp.by_correct.items()})
-    for i, e in enumerate(errors):
-        fields[f"err{i}|rollouts"] = fmt_n(e.rollouts)
-        fields[f"err{i}|attempts"] = fmt_n(e.attempts)
-    for i, w in enumerate(workers):
-        fields[f"w{i}|attempts"] = fmt_n(w.attempts)
-        fields[f"w{i}|errors"] = fmt_n(w.errors)
-        fields[f"w{i}|mean"] = fmt_s(w.mean_s)
-        fields[f"w{i}|max"] = fmt_s(w.max_s)
     rollout_fields(rollouts, fields)
     terminal = sum(n for s, n in counts.items() if s in TERMINAL)
-    shape = orjson.dumps(
-        [
-            [(e.state, e.reason) for e in errors],
-            [w.worker for w in workers],
-            [r.num for r in rollouts],
-            [row["slice"] for row in passk_rows],
-        ]
-    ).decode()
+    shape = orjson.dumps([[r.num for r in rollouts], [row["slice"] for row in passk_rows]]).decode()
     return Page(
         "run.html",
         f"Run {run.id}",
@@ -302,6 +289,7 @@ async def run_page(
         shape=shape,
         live=run.status == "running",
         rev=f"{attempts}:{terminal}:{run.status}",
+        sections=("errors", "workers"),
     )
 
 
@@ -524,7 +512,9 @@ async def rollout_page(
     group = await q.group(r.run_id, r.task_id)
     task = await q.task(r.run_id, r.task_id)
     truth = task.get("ground_truth") if (task is not None and show_answer) else None
-    live = r.state not in TERMINAL and more is None
+    # an error while the run goes may be retried: keep watching
+    retrying = r.state == "error" and run.status == "running"
+    live = more is None and (r.state not in TERMINAL or retrying)
     last = rows[-1].seq if rows else after
     page = Page(
         "rollout.html",
@@ -540,6 +530,7 @@ async def rollout_page(
             "group": group,
             "task": {k: v for k, v in (task or {}).items() if k != "ground_truth"},
             "rollout_id": r.id,
+            "page_size": None if page_size == MESSAGES_PER_PAGE else page_size,
             "show_answer": show_answer,
             "truth": truth,
             "links": links,
@@ -560,9 +551,10 @@ async def rollout_page(
             "model_replies": fmt_n(totals.model_replies),
             "tool_calls": fmt_n(totals.tool_calls),
         },
-        shape=orjson.dumps([[a.attempt for a in attempts], after, more is None]).decode(),
+        shape=orjson.dumps([after, more is None]).decode(),
         live=live,
         tail=last,
+        sections=("attempts",),
     )
     rollout_fields(group, page.fields)
     if tail is not None:

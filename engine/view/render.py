@@ -72,9 +72,8 @@ def export_csp(style: str) -> str:
     )
 
 
-def render(page: Page, **extra: Any) -> str:
-    """A page as HTML. ``extra`` adds to the context (the export's head, for one)."""
-    context: dict[str, Any] = {
+def _context(page: Page, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
         "title": page.title,
         "fields": page.fields,
         "shape": page.shape,
@@ -87,32 +86,31 @@ def render(page: Page, **extra: Any) -> str:
         **page.context,
         **extra,
     }
-    return environment().get_template(page.template).render(context)
 
 
-def render_fragment(template: str, context: dict[str, Any]) -> str:
-    return environment().get_template(template).render(context)
+def render(page: Page, **extra: Any) -> str:
+    """A page as HTML. ``extra`` adds to the context (the export's head, for one)."""
+    return environment().get_template(page.template).render(_context(page, extra))
 
 
 def live_json(page: Page) -> bytes:
-    """What the page's script asks for with ``?live=1``."""
+    """What the page's script asks for with ``?live=1``: the page's fields, the
+    sections re-rendered whole, and on a rollout page the messages after ``tail``."""
+    env = environment()
+    context = _context(page, {})
     body: dict[str, Any] = {
         "fields": page.fields,
         "shape": page.shape,
         "rev": page.rev,
         "live": page.live,
+        "sections": {
+            name: env.get_template(f"_{name}.html").render(context) for name in page.sections
+        },
     }
     if page.tail is not None:
         body["tail"] = page.tail
         body["tail_html"] = (
-            render_fragment(
-                "_messages.html",
-                {
-                    "messages": page.tail_messages,
-                    "links": page.context["links"],
-                    "rollout_id": page.context["r"].id,
-                },
-            )
+            env.get_template("_messages.html").render({**context, "messages": page.tail_messages})
             if page.tail_messages
             else ""
         )

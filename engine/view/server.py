@@ -30,6 +30,8 @@ from aiohttp import web
 from engine.errors import ConfigError
 from engine.resources import AsyncResource
 from engine.view.pages import (
+    MAX_MESSAGES_PER_PAGE,
+    MESSAGES_PER_PAGE,
     Links,
     NotFound,
     Page,
@@ -287,6 +289,7 @@ class Viewer(AsyncResource):
                 show_answer=request.query.get("answer") == "1",
                 tail=int(tail) if tail and tail.lstrip("-").isdigit() else None,
                 links=Links(),
+                page_size=min(max(_int(request, "n", MESSAGES_PER_PAGE), 1), MAX_MESSAGES_PER_PAGE),
             )
         return self._respond(request, page)
 

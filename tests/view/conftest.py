@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from engine.policy.toolcalls import make_call
 
 HOSTILE = (
     '<script>window.__pwned = "script"</script><img src=x onerror="window.__pwned = \'img\'">'
-    "<svg onload=\"window.__pwned = 'svg'\"></svg></pre></textarea><iframe src=\"/\"></iframe>"
+    '<svg onload="window.__pwned = \'svg\'"></svg></pre></textarea><iframe src="/"></iframe>'
     '<a href="javascript:window.__pwned=1">link</a> {{7*7}} ${7*7}'
 )
 """Recorded text that would run script if a page did not escape it."""
@@ -90,9 +90,13 @@ def scripted_agent(gate: asyncio.Event | None = None) -> Agent:
                 policy_version="v7",
             )
         call = make_call(f"c{len(messages)}", "lookup", {"q": key})
-        return Completion(content=None, tool_calls=[call], finish_reason="tool_calls",
-                          usage={"prompt_tokens": 100, "completion_tokens": 9},
-                          policy_version="v7")  # fmt: skip
+        return Completion(
+            content=None,
+            tool_calls=[call],
+            finish_reason="tool_calls",
+            usage={"prompt_tokens": 100, "completion_tokens": 9},
+            policy_version="v7",
+        )
 
     return Agent(ScriptedPolicy(handler), max_turns=3, name="scripted")
 
@@ -106,13 +110,21 @@ class Recorded:
 
 
 async def record_run(
-    store: Path, run_id: str, samples: int = 4, gate: asyncio.Event | None = None,
+    store: Path,
+    run_id: str,
+    samples: int = 4,
+    gate: asyncio.Event | None = None,
     tasks: list[Task] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     async with Engine(store=store, progress=False, retry_backoff=0.01, max_attempts=2) as engine:
-        await engine.run(tasks or make_tasks(), scripted_agent(gate),
-                         environment=Environment, samples=samples,
-                         scorer="exact", run_id=run_id)  # fmt: skip
+        await engine.run(
+            tasks or make_tasks(),
+            scripted_agent(gate),
+            environment=Environment,
+            samples=samples,
+            scorer="exact",
+            run_id=run_id,
+        )
 
 
 @pytest.fixture
@@ -124,23 +136,29 @@ async def recorded(tmp_path: Path) -> Recorded:
     return Recorded(store, HOSTILE_RUN, "run-b", [HOSTILE_RUN, "run-b"])
 
 
-def _require_browser() -> Callable[[str], None]:
-    return pytest.fail if os.environ.get("DRILLYARD_REQUIRE_BROWSER") == "1" else pytest.skip
+@pytest.fixture
+def browser_installed() -> None:
+    """playwright and Debian's Chromium are there (skipped otherwise, unless
+    DRILLYARD_REQUIRE_BROWSER=1, as in CI, where that fails)."""
+    require = pytest.fail if os.environ.get("DRILLYARD_REQUIRE_BROWSER") == "1" else pytest.skip
+    try:
+        import playwright  # noqa: F401
+
+        from tools.browser import CHROMIUM
+    except ModuleNotFoundError as exc:
+        require(f"needs {exc.name}: pip install -e '.[browser]'")
+        raise
+    if not os.path.exists(CHROMIUM):
+        require("Debian's chromium is not installed: apt-get install -y chromium")
 
 
 @pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    """Debian's Chromium through playwright (skipped without it, unless
-    DRILLYARD_REQUIRE_BROWSER=1, as in CI, where that fails)."""
-    try:
-        from playwright.async_api import async_playwright
+async def chromium(browser_installed: None) -> AsyncIterator[Any]:
+    """Debian's Chromium through playwright, as the browser tool launches it."""
+    from playwright.async_api import async_playwright
 
-        from tools.browser import CHROMIUM, CHROMIUM_ARGS
-    except ModuleNotFoundError as exc:
-        _require_browser()(f"needs {exc.name}: pip install -e '.[browser]'")
-        raise
-    if not os.path.exists(CHROMIUM):
-        _require_browser()("Debian's chromium is not installed: apt-get install -y chromium")
+    from tools.browser import CHROMIUM, CHROMIUM_ARGS
+
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

@@ -1,6 +1,7 @@
 // Drillyard viewer: live updates. The page's own URL with ?live=1 answers a
 // small JSON object from the same server-side builder as the page: `fields`
 // (text for every [data-live] element, set with textContent, never as HTML),
+// `sections` (tables re-rendered whole by the server, escaped like the page),
 // `shape` (when it differs from the page's, the page reloads), `rev` (charts
 // reload when it changes), and on a rollout page `tail_html`, new messages
 // rendered and escaped by the server. Polling stops when `live` is false.
@@ -41,6 +42,13 @@
         const src = new URL(img.src);
         src.searchParams.set("v", data.rev);
         img.src = src.toString();
+      }
+    }
+    for (const [name, html] of Object.entries(data.sections || {})) {
+      const el = document.querySelector(`[data-section="${name}"]`);
+      if (el && el.dataset.html !== html) {
+        el.dataset.html = html;
+        el.innerHTML = html;  // rendered and escaped by the server, like the page itself
       }
     }
     if (messages && data.tail_html) messages.insertAdjacentHTML("beforeend", data.tail_html);
