@@ -282,6 +282,7 @@ async def _runs(args: argparse.Namespace) -> int:
 
 async def _view(args: argparse.Namespace) -> int:
     from engine.view import StoreReader, Viewer, export_run
+    from engine.view.queries import STATES
 
     if args.export:
         run_id, out = args.export
@@ -292,10 +293,13 @@ async def _view(args: argparse.Namespace) -> int:
                     str(args.store), f"no run '{run_id}' in this store", f"runs: {known}"
                 )
         states = [s.strip() for s in args.states.split(",")] if args.states else None
+        unknown = sorted(set(states or ()) - set(STATES))
+        if unknown:
+            raise ConfigError("--states", f"unknown state(s) {unknown}", f"use {', '.join(STATES)}")
         n = await export_run(
             args.store, run_id, out, states=states, limit=args.limit, answers=args.answers
         )
-        console.print(f"wrote {n} rollouts of {run_id} to {out}")
+        print(f"wrote {n} rollouts of {run_id} to {out}")
         return 0
     async with Viewer(
         args.store, host=args.host, port=args.port, allow_hosts=args.allow_host
@@ -305,7 +309,11 @@ async def _view(args: argparse.Namespace) -> int:
                 f"[yellow]serving beyond loopback on {args.host}: anyone who can reach it"
                 " and has the token can read every run in the store[/]"
             )
-        console.print(f"Drillyard viewer for {args.store}: open\n  {viewer.url}\n(Ctrl-C stops it)")
+        # plain print: the URL must stay one line, whatever the terminal's width
+        print(
+            f"Drillyard viewer for {args.store}: open\n  {viewer.url}\n(Ctrl-C stops it)",
+            flush=True,
+        )
         await asyncio.Event().wait()
     return 0
 

@@ -73,7 +73,7 @@ async def export_run(
         page = replace(page, template="export.html", live=False)
         page.context["charts"] = {name: data_uri(svg) for name, svg in svgs.items()}
         head, _, tail = render(
-            page, **head_extra, exported=exported, states=states, limit=limit
+            page, **head_extra, exported=exported, chosen_states=states, limit=limit
         ).partition(INDEX_MARK)
         async with await anyio.open_file(out, "w", encoding="utf-8") as fh:
             await fh.write(head)

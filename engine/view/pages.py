@@ -113,8 +113,8 @@ class Links:
         query = urlencode({k: v for k, v in params.items() if v is not None})
         return f"{path}?{query}" if query else path
 
-    def runs(self, before: float | None = None) -> str | None:
-        return self._route("/", before=before)
+    def runs(self, **cursor: Any) -> str | None:
+        return self._route("/", **cursor)
 
     def run(self, run_id: str, **params: Any) -> str | None:
         return "#run" if self.export else self._route("/run", id=run_id, **params)
@@ -150,9 +150,10 @@ def _column_counts(counts: dict[str, int]) -> dict[str, int]:
     return {name: sum(counts.get(s, 0) for s in states) for name, states in STATE_COLUMNS}
 
 
-async def runs_page(q: StoreReader, before: float | None = None) -> Page:
+async def runs_page(q: StoreReader, before: tuple[float, str] | None = None) -> Page:
     runs = await q.runs(before=before, limit=RUNS_PER_PAGE + 1)
-    more = runs[RUNS_PER_PAGE - 1].created_at if len(runs) > RUNS_PER_PAGE else None
+    last = runs[RUNS_PER_PAGE - 1] if len(runs) > RUNS_PER_PAGE else None
+    more = {"before": repr(last.created_at), "before_id": last.id} if last else None
     runs = runs[:RUNS_PER_PAGE]
     counts = await q.state_counts([r.id for r in runs])
     fields: dict[str, str] = {}
@@ -176,7 +177,7 @@ async def runs_page(q: StoreReader, before: float | None = None) -> Page:
         {"rows": rows, "more": more, "columns": [c for c, _ in STATE_COLUMNS]},
         fields,
         shape="runs:" + "\n".join(r.id for r in runs),
-        live=True,  # a new run may start at any time
+        live=before is None,  # a new run may start at any time
     )
 
 

@@ -276,12 +276,15 @@ class StoreReader(AsyncResource):
             config=orjson.loads(r["config"]),
         )
 
-    async def runs(self, *, before: float | None = None, limit: int = 50) -> list[RunRow]:
-        """Runs, newest first, ``limit`` at a time (keyset: created before ``before``)."""
+    async def runs(
+        self, *, before: tuple[float, str] | None = None, limit: int = 50
+    ) -> list[RunRow]:
+        """Runs, newest first, ``limit`` at a time (keyset: ``(created_at, id) < before``)."""
+        cursor = before if before is not None else (float("inf"), "")
         rows = await self._rows(
             "SELECT id, created_at, finished_at, status, code_version, config FROM runs"
-            " WHERE created_at < ? ORDER BY created_at DESC, id LIMIT ?",
-            (before if before is not None else float("inf"), limit),
+            " WHERE (created_at, id) < (?, ?) ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*cursor, limit),
         )
         return [self._run(r) for r in rows]
 

@@ -232,7 +232,7 @@ class Viewer(AsyncResource):
     async def runs(self, request: web.Request) -> web.Response:
         before = request.query.get("before")
         try:
-            cursor = float(before) if before else None
+            cursor = (float(before), request.query.get("before_id", "")) if before else None
         except ValueError as exc:
             raise web.HTTPBadRequest(text="before must be a number") from exc
         async with self.reader.snapshot():

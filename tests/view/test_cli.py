@@ -1,0 +1,73 @@
+"""The command line: `view` serves and stops, `report` says why rollouts did not succeed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.view.conftest import HOSTILE_RUN, Recorded
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_view_prints_a_url_with_its_token_and_stops_on_ctrl_c(recorded: Recorded) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine", "view", "--store", str(recorded.store), "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            line = ""
+            while "token=" not in line:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the viewer exited before printing its URL"
+        address = line.strip()
+        base = address.split("/?token=")[0]
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            async with http.get(base + "/") as resp:
+                assert resp.status == 401
+            async with http.get(address) as resp:  # redirected, with the cookie
+                assert resp.status == 200 and "run-b" in await resp.text()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_view_refuses_a_missing_store_and_an_unknown_run(tmp_path: Path) -> None:
+    missing = subprocess.run(
+        [sys.executable, "-m", "engine", "view", "--store", str(tmp_path / "nope.db")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no trace store at this path" in missing.stderr
+    assert not (tmp_path / "nope.db").exists()  # the viewer never creates a store
+
+
+async def test_report_lists_the_top_fault_reasons_under_pass_at_k(recorded: Recorded) -> None:
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine", "report", HOSTILE_RUN, "--store", str(recorded.store),
+        "--k", "1,4", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    text = out.decode()
+    assert text.index("pass@k") < text.index("why rollouts did not succeed")
+    rows = [line for line in text.splitlines() if "EnvironmentLost" in line or "turn limit" in line]
+    # state, rollouts that ended so, attempts that did (each lost one was retried once)
+    assert [[cell.strip() for cell in row.split("│")[1:4]] for row in rows] == [
+        ["error", "4", "8"],
+        ["failed", "4", "4"],
+    ]
