@@ -81,6 +81,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX rollouts_by_task ON rollouts(task_id, state);
         """,
     ),
+    (
+        3,
+        """
+        -- the viewer's pages of a run's rollouts by number (keyset on num, the rowid):
+        -- a range of this index, not a sort of the whole run
+        CREATE INDEX rollouts_by_run ON rollouts(run_id);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

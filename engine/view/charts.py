@@ -66,37 +66,49 @@ def _axis(x0: float, x1: float, y: float, t_span: float) -> list[str]:
 
 
 def gantt_svg(lanes: list[Lane], t0: float, t1: float, now: float, note: str = "") -> str:
-    """Attempts per worker slot over time, coloured by how they ended."""
+    """Attempts per worker slot over time, coloured by how they ended.
+
+    One ``<path>`` per colour, and bars that touch within half a pixel merged,
+    so tens of thousands of attempts stay a light image."""
     if not lanes:
         return _svg(40, [f"<text x='10' y='24' {FONT}>no attempts yet</text>"])
     row = max(2.0, min(14.0, 640.0 / len(lanes)))
     top, plot_h = 24.0, row * len(lanes)
     x0, x1 = float(LABEL_W), float(WIDTH - 10)
-    span = max(t1 - t0, 1e-6)
-    body = [
-        f"<text x='{x0}' y='14' {FONT}>{escape(note)}</text>" if note else "",
-    ]
+    scale = (x1 - x0) / max(t1 - t0, 1e-6)
+    h = max(row - 1, 1)
+    body = [f"<text x='{x0}' y='14' {FONT}>{escape(note)}</text>" if note else ""]
+    paths: dict[str, list[str]] = {}
     last_worker = None
     for i, lane in enumerate(lanes):
-        y = top + i * row
+        y = top + i * row + 0.5
         worker = lane.label.rsplit(" · ", 1)[0]
         if row >= 9 or worker != last_worker:
             body.append(
-                f"<text x='{x0 - 6}' y='{y + min(row, 11) - 2:.1f}' text-anchor='end' {FONT}>"
+                f"<text x='{x0 - 6}' y='{y + min(row, 11) - 2.5:.1f}' text-anchor='end' {FONT}>"
                 f"{escape(lane.label if row >= 9 else worker)}</text>"
             )
         last_worker = worker
+        bar: tuple[str, float, float] | None = None  # colour, x from, x to
         for s in lane.spans:
             end = s.finished_at if s.finished_at is not None else now
-            xa = x0 + (x1 - x0) * (s.started_at - t0) / span
-            w = max(1.0, (x1 - x0) * (end - s.started_at) / span)
             colour = STATE_COLOURS.get(s.state, RUNNING_COLOUR) if s.finished_at else RUNNING_COLOUR
-            h = max(row - 1, 1)
-            body.append(
-                f"<rect x='{xa:.1f}' y='{y + 0.5:.1f}' width='{w:.1f}' height='{h:.1f}'"
-                f" fill='{colour}'/>"
+            xa = x0 + (s.started_at - t0) * scale
+            xb = max(x0 + (end - t0) * scale, xa + 1.0)
+            if bar is not None and bar[0] == colour and xa - bar[2] < 0.5:
+                bar = (colour, bar[1], max(bar[2], xb))
+                continue
+            if bar is not None:
+                paths.setdefault(bar[0], []).append(
+                    f"M{bar[1]:.1f} {y:.1f}h{bar[2] - bar[1]:.1f}v{h:.1f}h{bar[1] - bar[2]:.1f}z"
+                )
+            bar = (colour, xa, xb)
+        if bar is not None:
+            paths.setdefault(bar[0], []).append(
+                f"M{bar[1]:.1f} {y:.1f}h{bar[2] - bar[1]:.1f}v{h:.1f}h{bar[1] - bar[2]:.1f}z"
             )
-    body += _axis(x0, x1, top + plot_h + 2, span)
+    body += [f"<path fill='{colour}' d='{''.join(d)}'/>" for colour, d in paths.items()]
+    body += _axis(x0, x1, top + plot_h + 2, t1 - t0)
     legend_y = top + plot_h + 34
     lx = x0
     for name, colour in [*STATE_COLOURS.items(), ("running", RUNNING_COLOUR)]:

@@ -18,7 +18,7 @@ import anyio
 from markupsafe import Markup
 
 from engine.view.charts import data_uri
-from engine.view.pages import Links, Page, chart_svgs, rollout_fields, rollout_page, run_page
+from engine.view.pages import Links, Page, chart_svg, rollout_fields, rollout_page, run_page
 from engine.view.queries import RolloutRow, StoreReader
 from engine.view.render import css, export_csp, render
 
@@ -30,7 +30,8 @@ EXPORT_MESSAGES = 1_000_000  # every message of a rollout, on one page
 async def _rollouts(
     q: StoreReader, run_id: str, states: Sequence[str] | None, limit: int | None
 ) -> AsyncIterator[list[RolloutRow]]:
-    after, left = 0, limit if limit is not None else -1
+    after: int | None = None
+    left = limit if limit is not None else -1
     while left != 0:
         size = CHUNK if left < 0 else min(CHUNK, left)
         rows = await q.rollouts(run_id, after=after, limit=size, state=states)
@@ -66,7 +67,8 @@ async def export_run(
     written = 0
     async with StoreReader(store) as q, q.snapshot():
         page = await run_page(q, run_id, links=links, preview=0)
-        svgs = await chart_svgs(q, run_id, time.time())
+        now = time.time()
+        svgs = {name: await chart_svg(q, run_id, name, now) for name in ("gantt", "throughput")}
         counts = (await q.state_counts([run_id]))[run_id]
         chosen = sum(n for s, n in counts.items() if states is None or s in states)
         exported = min(chosen, limit) if limit is not None else chosen

@@ -298,15 +298,17 @@ async def rollouts_page(
     q: StoreReader,
     run_id: str,
     *,
-    after: int = 0,
+    after: int | None = None,
     state: str | None = None,
     task_id: str | None = None,
 ) -> Page:
+    """A run's rollouts by number, or one group's by sample index (``after``: the last shown)."""
     run = await _run_or_404(q, run_id)
     rows = await q.rollouts(
         run_id, after=after, limit=ROLLOUTS_PER_PAGE + 1, state=state, task_id=task_id
     )
-    more = rows[ROLLOUTS_PER_PAGE - 1].num if len(rows) > ROLLOUTS_PER_PAGE else None
+    last = rows[ROLLOUTS_PER_PAGE - 1] if len(rows) > ROLLOUTS_PER_PAGE else None
+    more = None if last is None else last.num if task_id is None else last.sample_index
     rows = rows[:ROLLOUTS_PER_PAGE]
     fields: dict[str, str] = {}
     rollout_fields(rows, fields)
@@ -382,22 +384,21 @@ async def compare_page(
     )
 
 
-async def chart_svgs(q: StoreReader, run_id: str, now: float) -> dict[str, str]:
-    """The run's timeline (attempts per worker slot) and throughput, as SVG."""
+async def chart_svg(q: StoreReader, run_id: str, name: str, now: float) -> str:
+    """The run's ``gantt`` (attempts per worker slot) or ``throughput`` chart, as SVG."""
     run = await _run_or_404(q, run_id)
-    spans = await q.attempt_spans(run_id, limit=GANTT_ATTEMPTS)
-    total = await q.attempt_count(run_id)
     lo, hi = await q.time_range(run_id)
     if run.status == "running" or hi is None:
         hi = max(now, hi or now)
-    note = f"the first {len(spans):,} of {total:,} attempts" if total > len(spans) else ""
     t0 = lo if lo is not None else now
+    if name == "gantt":
+        spans = await q.attempt_spans(run_id, limit=GANTT_ATTEMPTS)
+        total = await q.attempt_count(run_id) if len(spans) == GANTT_ATTEMPTS else len(spans)
+        note = f"the first {len(spans):,} of {total:,} attempts" if total > len(spans) else ""
+        return gantt_svg(lanes(spans, now), t0, hi, now, note)
     bucket = max((hi - t0) / THROUGHPUT_BUCKETS, 1e-6)
     ends = await q.finished_times(run_id, t0, bucket) if lo is not None else {}
-    return {
-        "gantt": gantt_svg(lanes(spans, now), t0, hi, now, note),
-        "throughput": throughput_svg(ends, bucket, THROUGHPUT_BUCKETS),
-    }
+    return throughput_svg(ends, bucket, THROUGHPUT_BUCKETS)
 
 
 # ---- one rollout ------------------------------------------------------------

@@ -462,14 +462,19 @@ class StoreReader(AsyncResource):
         self,
         run_id: str,
         *,
-        after: int = 0,
+        after: int | None = None,
         limit: int = 100,
         state: str | Sequence[str] | None = None,
         task_id: str | None = None,
     ) -> list[RolloutRow]:
-        """A page of a run's rollouts by number (keyset: ``num > after``)."""
-        sql = f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE run_id=? AND num > ?"
-        params: list[Any] = [run_id, after]
+        """A page of a run's rollouts by number (keyset: ``num > after``), or of one
+        task's rollouts (a group) by sample index (``sample_index > after``)."""
+        key = "num" if task_id is None else "sample_index"
+        sql = f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE run_id=?"
+        params: list[Any] = [run_id]
+        if after is not None:
+            sql += f" AND {key} > ?"
+            params.append(after)
         if state is not None:
             states = (state,) if isinstance(state, str) else tuple(state)
             sql += f" AND state IN ({','.join('?' * len(states))})"
@@ -477,7 +482,7 @@ class StoreReader(AsyncResource):
         if task_id is not None:
             sql += " AND task_id=?"
             params.append(task_id)
-        rows = await self._rows(sql + " ORDER BY num LIMIT ?", (*params, limit))
+        rows = await self._rows(sql + f" ORDER BY {key} LIMIT ?", (*params, limit))
         return [RolloutRow(**dict(r)) for r in rows]
 
     async def rollout(self, rollout_id: str) -> RolloutRow | None:

@@ -35,7 +35,7 @@ from engine.view.pages import (
     Links,
     NotFound,
     Page,
-    chart_svgs,
+    chart_svg,
     compare_page,
     groups_page,
     message_json,
@@ -250,7 +250,7 @@ class Viewer(AsyncResource):
             page = await rollouts_page(
                 self.reader,
                 self._id(request),
-                after=_int(request, "after", 0),
+                after=_int(request, "after", -1) if "after" in request.query else None,
                 state=request.query.get("state") or None,
                 task_id=request.query.get("task") or None,
             )
@@ -276,8 +276,10 @@ class Viewer(AsyncResource):
 
     async def chart(self, request: web.Request) -> web.Response:
         async with self.reader.snapshot():
-            svgs = await chart_svgs(self.reader, self._id(request), time.time())
-        return web.Response(text=svgs[request.match_info["chart"]], content_type="image/svg+xml")
+            svg = await chart_svg(
+                self.reader, self._id(request), request.match_info["chart"], time.time()
+            )
+        return web.Response(text=svg, content_type="image/svg+xml")
 
     async def rollout(self, request: web.Request) -> web.Response:
         tail = request.query.get("tail")
