@@ -64,8 +64,9 @@ async def test_an_unreachable_server_fails_the_run_before_it_starts(make_engine:
     url = f"http://127.0.0.1:{free_port()}/v1"
     async with OpenAIPolicy(url, "tiny", retries=4) as policy, make_engine() as engine:
         with pytest.raises(ConfigError) as err:
-            await engine.run(arithmetic_tasks(3), Agent(policy), environment="arithmetic",
-                             samples=2)  # fmt: skip
+            await engine.run(
+                arithmetic_tasks(3), Agent(policy), environment="arithmetic", samples=2
+            )
         assert url in str(err.value) and "vllm serve" in str(err.value)
         assert policy.requests == 0  # no chat request, so no retries spent
         assert await engine.store.runs() == []  # nothing recorded: no run, no rollouts
@@ -85,8 +86,9 @@ async def test_a_reachable_server_runs_and_resume_checks_again(
     model_server: ModelServer, make_engine: Any, store_path: Path
 ) -> None:
     async with OpenAIPolicy(model_server.url, "tiny") as policy, make_engine() as engine:
-        run = await engine.run(arithmetic_tasks(2), Agent(policy), environment="arithmetic",
-                               run_id="r1")  # fmt: skip
+        run = await engine.run(
+            arithmetic_tasks(2), Agent(policy), environment="arithmetic", run_id="r1"
+        )
         assert sum((await run.counts()).values()) == 2 and model_server.chats >= 2
     gone = OpenAIPolicy(f"http://127.0.0.1:{free_port()}/v1", "tiny")
     async with gone, make_engine() as engine:
@@ -110,8 +112,9 @@ async def test_any_policy_may_check_itself(make_engine: Any) -> None:
     policy = Checked()
     async with make_engine() as engine:
         with pytest.raises(ConfigError, match="server 2 of 2"):
-            await engine.run(arithmetic_tasks(2), Agent(policy), environment="arithmetic",
-                             samples=4)  # fmt: skip
+            await engine.run(
+                arithmetic_tasks(2), Agent(policy), environment="arithmetic", samples=4
+            )
     assert policy.checks == 1
 
 
@@ -119,9 +122,27 @@ def test_the_cli_fails_within_the_check_with_the_url_and_the_fix(tmp_path: Path)
     url = f"http://127.0.0.1:{free_port()}/v1"
     store = tmp_path / "runs.db"
     done = subprocess.run(
-        [sys.executable, "-m", "engine", "run", "--arithmetic", "4", "--samples", "2",
-         "--policy-url", url, "--model", "tiny", "--store", str(store), "--no-progress"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            "--arithmetic",
+            "4",
+            "--samples",
+            "2",
+            "--policy-url",
+            url,
+            "--model",
+            "tiny",
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"GET {url}/models" in done.stderr and "fix: start it" in done.stderr

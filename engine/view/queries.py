@@ -86,10 +86,8 @@ class ErrorReason:
 
 @dataclass(slots=True)
 class AttemptSpan:
-    rollout_num: int
-    rollout_id: str
-    task_id: str
-    attempt: int
+    """One attempt on the timeline."""
+
     state: str
     worker: str | None
     started_at: float
@@ -406,15 +404,17 @@ class StoreReader(AsyncResource):
     # ---- time --------------------------------------------------------------
 
     async def attempt_spans(self, run_id: str, limit: int = 20_000) -> list[AttemptSpan]:
-        """The first ``limit`` attempts of a run by start time (for the timeline)."""
-        rows = await self._rows(
-            "SELECT r.num AS rollout_num, r.id AS rollout_id, r.task_id, a.attempt, a.state,"
-            " a.worker, a.started_at, a.finished_at FROM rollouts r"
+        """A run's attempts for the timeline: all of them, or the first ``limit`` by start."""
+        sql = (
+            "SELECT a.state, a.worker, a.started_at, a.finished_at FROM rollouts r"
             " JOIN attempts a ON a.rollout_id = r.id WHERE r.run_id=?"
-            " ORDER BY a.started_at, r.num, a.attempt LIMIT ?",
-            (run_id, limit),
         )
-        return [AttemptSpan(**dict(r)) for r in rows]
+        if await self.attempt_count(run_id) > limit:  # else no sort: the chart sorts by worker
+            sql += " ORDER BY a.started_at LIMIT ?"
+        rows = await self._rows(sql, (run_id, limit) if "LIMIT" in sql else (run_id,))
+        return [
+            AttemptSpan(r["state"], r["worker"], r["started_at"], r["finished_at"]) for r in rows
+        ]
 
     async def attempt_count(self, run_id: str) -> int:
         return int(

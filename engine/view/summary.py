@@ -16,8 +16,8 @@ from typing import Any
 from engine.passk import PassAtK, compute_pass_at_k
 from engine.view.queries import AttemptSpan, GroupStat
 
-MAX_BY_VALUES = 20
-"""A metadata key with more distinct values than this is not a slice (it is an id)."""
+MAX_BY_VALUES = 10
+"""A metadata key with more distinct values than this is not a default slice (``by=`` still is)."""
 
 
 def ks_for(samples: int) -> list[int]:
@@ -54,8 +54,8 @@ def pass_at_k(
 
 
 def slice_keys(metadata: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Metadata keys worth a pass@k row per value (GAIA's level): scalar values,
-    2 to MAX_BY_VALUES of them, each value shared by two tasks on average."""
+    """Metadata keys worth a pass@k row per value by default (GAIA's level): scalar
+    values, 2 to MAX_BY_VALUES of them, each shared by three tasks or more on average."""
     values: dict[str, set[Any]] = {}
     tasks: dict[str, int] = {}
     unusable: set[str] = set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,9 +20,17 @@ pytestmark = pytest.mark.anyio
 
 async def test_view_prints_a_url_with_its_token_and_stops_on_ctrl_c(recorded: Recorded) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine", "view", "--store", str(recorded.store), "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "engine",
+        "view",
+        "--store",
+        str(recorded.store),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(60):
@@ -49,18 +58,30 @@ async def test_view_prints_a_url_with_its_token_and_stops_on_ctrl_c(recorded: Re
 def test_view_refuses_a_missing_store_and_an_unknown_run(tmp_path: Path) -> None:
     missing = subprocess.run(
         [sys.executable, "-m", "engine", "view", "--store", str(tmp_path / "nope.db")],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert missing.returncode == 2 and "no trace store at this path" in missing.stderr
     assert not (tmp_path / "nope.db").exists()  # the viewer never creates a store
 
 
 async def test_report_lists_the_top_fault_reasons_under_pass_at_k(recorded: Recorded) -> None:
     done = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine", "report", HOSTILE_RUN, "--store", str(recorded.store),
-        "--k", "1,4", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "engine",
+        "report",
+        HOSTILE_RUN,
+        "--store",
+        str(recorded.store),
+        "--k",
+        "1,4",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+    )
     out, err = await done.communicate()
     assert done.returncode == 0, err.decode()
     text = out.decode()
@@ -71,3 +92,34 @@ async def test_report_lists_the_top_fault_reasons_under_pass_at_k(recorded: Reco
         ["error", "4", "8"],
         ["failed", "4", "4"],
     ]
+
+
+def test_the_page_load_bench_runs_on_a_small_store(tmp_path: Path) -> None:
+    from engine.view.bench import main
+
+    assert (
+        main(
+            [
+                "--tasks",
+                "6",
+                "--samples",
+                "2",
+                "--messages",
+                "12",
+                "--repeat",
+                "1",
+                "--no-browser",
+                "--export-rollouts",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((tmp_path / "view.json").read_text())
+    assert results["store"]["messages"] == 6 * 2 * 12 + 6 * 2 * 10  # the big run and the small one
+    pages = {p["page"] for p in results["http"]}
+    assert {"runs", "run", "rollout, last", "compare", "timeline SVG"} <= pages
+    assert results["export"]["rollouts"] == 3
+    assert "| run |" in (tmp_path / "view.md").read_text()

@@ -22,10 +22,18 @@ async def test_the_export_is_one_self_contained_file_without_script(
 ) -> None:
     out = tmp_path / "shared" / "run.html"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine", "view", "--store", str(recorded.store),
-        "--export", recorded.run_id, str(out),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "engine",
+        "view",
+        "--store",
+        str(recorded.store),
+        "--export",
+        recorded.run_id,
+        str(out),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await proc.communicate()
     assert proc.returncode == 0, stderr.decode()
     async with TraceStore(recorded.store) as store:
@@ -78,8 +86,9 @@ async def test_an_export_can_hold_some_states_a_few_rollouts_and_the_answers(
     recorded: Recorded, tmp_path: Path
 ) -> None:
     out = tmp_path / "errors.html"
-    n = await export_run(recorded.store, recorded.run_id, out, states=["error", "failed"],
-                         limit=3, answers=True)  # fmt: skip
+    n = await export_run(
+        recorded.store, recorded.run_id, out, states=["error", "failed"], limit=3, answers=True
+    )
     html = out.read_text()
     assert n == 3 and html.count('<section class="rollout"') == 3
     assert "ground truth (shown because you asked)" in html
