@@ -24,6 +24,7 @@ import orjson
 from engine.errors import ConfigError
 from engine.resources import AsyncResource
 from engine.schema import SCHEMA_VERSION
+from engine.store import AttemptRecord, RolloutRecord, RunRecord
 
 SCORED_STATES = ("done", "failed", "timed_out")
 """States counted in pass@k's n, as `engine.api.Run.pass_at_k` counts them."""
@@ -45,13 +46,8 @@ _MARKS = ",".join("?" * len(SCORED_STATES))
 
 
 @dataclass(slots=True)
-class RunRow:
-    id: str
-    created_at: float
-    finished_at: float | None
-    status: str
-    code_version: str
-    config: dict[str, Any]
+class RunRow(RunRecord):
+    """A run as the store holds it."""
 
     @property
     def samples(self) -> int:
@@ -104,40 +100,16 @@ class WorkerStat:
 
 
 @dataclass(slots=True)
-class RolloutRow:
-    num: int
-    id: str
-    run_id: str
-    task_id: str
-    sample_index: int
-    attempt: int
-    state: str
-    reward: float | None
-    answer: str | None
-    error: str | None
-    turns: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    backend: str | None
-    worker: str | None
-    policy_version: str | None
+class RolloutRow(RolloutRecord):
+    """A rollout as the store holds it, with its number (the key of its messages)."""
+
+    num: int = 0
 
     @property
     def seconds(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
             return None
         return self.finished_at - self.started_at
-
-
-@dataclass(slots=True)
-class AttemptRow:
-    attempt: int
-    state: str
-    error: str | None
-    worker: str | None
-    started_at: float
-    finished_at: float | None
 
 
 @dataclass(slots=True)
@@ -489,13 +461,13 @@ class StoreReader(AsyncResource):
         rows = await self._rows(f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE id=?", (rollout_id,))
         return RolloutRow(**dict(rows[0])) if rows else None
 
-    async def attempts(self, rollout_id: str) -> list[AttemptRow]:
+    async def attempts(self, rollout_id: str) -> list[AttemptRecord]:
         rows = await self._rows(
-            "SELECT attempt, state, error, worker, started_at, finished_at FROM attempts"
-            " WHERE rollout_id=? ORDER BY attempt",
+            "SELECT rollout_id, attempt, state, error, worker, started_at, finished_at"
+            " FROM attempts WHERE rollout_id=? ORDER BY attempt",
             (rollout_id,),
         )
-        return [AttemptRow(**dict(r)) for r in rows]
+        return [AttemptRecord(**dict(r)) for r in rows]
 
     async def messages(
         self, rollout_num: int, *, after: int = -1, limit: int = 500

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from typing import Any
 from urllib.parse import urlencode
 
@@ -48,3 +51,12 @@ async def wait_field(page: Any, key: str, value: str, wait_ms: float = 30_000) -
         arg=[key, value],
         timeout=wait_ms,
     )
+
+
+async def engine_cli(*args: str, **env: str) -> asyncio.subprocess.Process:
+    """``python -m engine ARGS`` in a child process, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )  # fmt: skip

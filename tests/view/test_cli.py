@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,23 +13,13 @@ import aiohttp
 import pytest
 
 from tests.view.conftest import HOSTILE_RUN, Recorded
+from tests.view.support import engine_cli
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_view_prints_a_url_with_its_token_and_stops_on_ctrl_c(recorded: Recorded) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine",
-        "view",
-        "--store",
-        str(recorded.store),
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await engine_cli("view", "--store", str(recorded.store), "--port", "0")
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(60):
@@ -68,19 +57,8 @@ def test_view_refuses_a_missing_store_and_an_unknown_run(tmp_path: Path) -> None
 
 
 async def test_report_lists_the_top_fault_reasons_under_pass_at_k(recorded: Recorded) -> None:
-    done = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine",
-        "report",
-        HOSTILE_RUN,
-        "--store",
-        str(recorded.store),
-        "--k",
-        "1,4",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200"},
+    done = await engine_cli(
+        "report", HOSTILE_RUN, "--store", str(recorded.store), "--k", "1,4", COLUMNS="200"
     )
     out, err = await done.communicate()
     assert done.returncode == 0, err.decode()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import pytest
 from engine import Run, TraceStore
 from engine.view import StoreReader, export_run
 from tests.view.conftest import HOSTILE, SECRET, Recorded
-from tests.view.support import WATCH, live_fields
+from tests.view.support import WATCH, engine_cli, live_fields
 
 pytestmark = pytest.mark.anyio
 
@@ -21,18 +19,8 @@ async def test_the_export_is_one_self_contained_file_without_script(
     recorded: Recorded, chromium: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "shared" / "run.html"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine",
-        "view",
-        "--store",
-        str(recorded.store),
-        "--export",
-        recorded.run_id,
-        str(out),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    proc = await engine_cli(
+        "view", "--store", str(recorded.store), "--export", recorded.run_id, str(out)
     )
     stdout, stderr = await proc.communicate()
     assert proc.returncode == 0, stderr.decode()
