@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 
 import orjson
 
+from engine.messages import Category, Message
+from engine.recording import TERMINAL
 from engine.view.charts import gantt_svg, throughput_svg
 from engine.view.queries import (
     STATES,
@@ -28,7 +30,6 @@ from engine.view.queries import (
 )
 from engine.view.summary import lanes, parse_ks, pass_at_k, slice_keys, spread
 
-TERMINAL = frozenset({"done", "failed", "timed_out", "error", "cancelled"})
 IN_FLIGHT = ("starting", "generating", "acting", "scoring")
 STATE_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("queued", ("queued",)),
@@ -65,6 +66,7 @@ class Page:
     rev: str = ""
     tail: int | None = None  # rollout page: last seq shown (the live tail starts after it)
     sections: tuple[str, ...] = ()  # parts re-rendered whole while live (template _NAME.html)
+    every_ms: int = 1500  # how often a live page asks again
     tail_messages: list[MessageView] = field(default_factory=list)
 
 
@@ -178,6 +180,7 @@ async def runs_page(q: StoreReader, before: tuple[float, str] | None = None) -> 
         fields,
         shape="runs:" + "\n".join(r.id for r in runs),
         live=before is None,  # a new run may start at any time
+        every_ms=1500 if any(r.status == "running" for r in runs) else 5000,
     )
 
 
@@ -433,26 +436,26 @@ def _abbreviate(value: Any) -> Any:
     return value
 
 
-def message_json(m: MessageRow, rollout_id: str) -> dict[str, Any]:
-    """A message as `engine.messages.Message.to_dict` writes it."""
-    return {
-        "id": f"{rollout_id}:{m.seq}",
-        "rollout_id": rollout_id,
-        "seq": m.seq,
-        "attempt": m.attempt,
-        "sender": m.sender,
-        "receiver": m.receiver,
-        "category": m.category,
-        "topic": m.topic,
-        "priority": m.priority,
-        "headers": m.headers,
-        "payload": m.payload,
-        "created_at": m.created_at,
-    }
+def message_json(m: MessageRow, run_id: str, rollout_id: str) -> dict[str, Any]:
+    """A message as `engine.messages.Message.to_dict` writes it (and export_jsonl does)."""
+    return Message(
+        run_id,
+        rollout_id,
+        m.seq,
+        m.attempt,
+        m.sender,
+        m.receiver,
+        Category(m.category),
+        m.topic,
+        m.payload,
+        m.headers,
+        m.priority,
+        m.created_at,
+    ).to_dict()
 
 
 def message_views(
-    messages: Sequence[MessageRow], rollout_id: str, before: MessageRow | None = None
+    messages: Sequence[MessageRow], run_id: str, rollout_id: str, before: MessageRow | None = None
 ) -> list[MessageView]:
     """Timings and turn marks for a page of messages (``before``: the one preceding it)."""
     out: list[MessageView] = []
@@ -473,7 +476,9 @@ def message_views(
             started = calls.get(str(m.payload.get("call_id")))
             latency = m.created_at - started if started is not None else None
         raw = orjson.dumps(
-            _abbreviate(message_json(m, rollout_id)), option=orjson.OPT_INDENT_2, default=str
+            _abbreviate(message_json(m, run_id, rollout_id)),
+            option=orjson.OPT_INDENT_2,
+            default=str,
         ).decode()
         out.append(
             MessageView(
@@ -510,7 +515,7 @@ async def rollout_page(
     more = rows[page_size - 1].seq if len(rows) > page_size else None
     rows = rows[:page_size]
     before = await q.message(r.num, after) if after >= 0 else None
-    views = message_views(rows, r.id, before)
+    views = message_views(rows, r.run_id, r.id, before)
     group = await q.group(r.run_id, r.task_id)
     task = await q.task(r.run_id, r.task_id)
     truth = task.get("ground_truth") if (task is not None and show_answer) else None
@@ -562,6 +567,6 @@ async def rollout_page(
     if tail is not None:
         fresh = await q.messages(r.num, after=tail, limit=page_size)
         prev = await q.message(r.num, tail)
-        page.tail_messages = message_views(fresh, r.id, prev)
+        page.tail_messages = message_views(fresh, r.run_id, r.id, prev)
         page.tail = fresh[-1].seq if fresh else tail
     return page

@@ -22,26 +22,16 @@ import aiosqlite
 import orjson
 
 from engine.errors import ConfigError
+from engine.recording import TERMINAL, RolloutState
 from engine.resources import AsyncResource
 from engine.schema import SCHEMA_VERSION
 from engine.store import AttemptRecord, RolloutRecord, RunRecord
 
 SCORED_STATES = ("done", "failed", "timed_out")
 """States counted in pass@k's n, as `engine.api.Run.pass_at_k` counts them."""
-STATES = (
-    "queued",
-    "starting",
-    "generating",
-    "acting",
-    "scoring",
-    "done",
-    "failed",
-    "timed_out",
-    "error",
-    "cancelled",
-)
+STATES = tuple(str(s) for s in RolloutState)
 """Every rollout state, in the order pages show them."""
-_FAULT_STATES = ("error", "failed", "timed_out", "cancelled")
+_FAULT_STATES = tuple(sorted(str(s) for s in TERMINAL - {RolloutState.DONE}))
 _MARKS = ",".join("?" * len(SCORED_STATES))
 
 

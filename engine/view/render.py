@@ -103,6 +103,7 @@ def live_json(page: Page) -> bytes:
         "shape": page.shape,
         "rev": page.rev,
         "live": page.live,
+        "every": page.every_ms,
         "sections": {
             name: env.get_template(f"_{name}.html").render(context) for name in page.sections
         },

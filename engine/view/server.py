@@ -21,7 +21,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import structlog
@@ -302,7 +301,7 @@ class Viewer(AsyncResource):
             m = await self.reader.message(r.num, seq) if r is not None else None
         if r is None or m is None:
             raise NotFound(f"no message {seq} in rollout {rollout_id!r}")
-        body: dict[str, Any] = {"run_id": r.run_id, **message_json(m, r.id)}
+        body = message_json(m, r.run_id, r.id)
         return web.Response(
             body=orjson.dumps(body, option=orjson.OPT_INDENT_2), content_type="application/json"
         )

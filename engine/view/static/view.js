@@ -4,7 +4,8 @@
 // `sections` (tables re-rendered whole by the server, escaped like the page),
 // `shape` (when it differs from the page's, the page reloads), `rev` (charts
 // reload when it changes), and on a rollout page `tail_html`, new messages
-// rendered and escaped by the server. Polling stops when `live` is false.
+// rendered and escaped by the server. It asks again after `every` ms, and
+// stops when `live` is false.
 "use strict";
 (() => {
   const body = document.body;
@@ -54,7 +55,7 @@
     if (messages && data.tail_html) messages.insertAdjacentHTML("beforeend", data.tail_html);
     if (data.tail !== undefined && data.tail !== null) tail = String(data.tail);
     body.dataset.polls = String(Number(body.dataset.polls || "0") + 1);
-    if (data.live) window.setTimeout(tick, INTERVAL);
+    if (data.live) window.setTimeout(tick, data.every || INTERVAL);
     else body.dataset.poll = "done";
   }
   window.setTimeout(tick, INTERVAL);
