@@ -99,3 +99,17 @@ async def test_what_is_not_a_store_is_refused_and_never_created(tmp_path: Path) 
     db.close()
     with pytest.raises(ConfigError, match="this drillyard knows"):
         await StoreReader(newer).open()
+
+
+async def test_a_store_written_before_the_viewers_index_still_opens(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    await write_store(path, runs=1, rollouts=10, messages=2)
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX rollouts_by_run")
+    db.execute("PRAGMA user_version=2")
+    db.close()
+    async with StoreReader(path) as q:  # read-only: it does not migrate, it reads
+        assert len(await q.rollouts("run000")) == 10
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
