@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import sqlite3
 import statistics
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -377,12 +379,12 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, Any]:
         browser = (
             await _time_browser(viewer, pages, max(3, args.repeat // 4)) if args.browser else []
         )
-    rss1 = _rss_mb()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         n = await export_run(store, BIG, Path(tmp) / "big.html", limit=args.export_rollouts)
         size = (Path(tmp) / "big.html").stat().st_size
     export_s = time.perf_counter() - t
+    rss1 = _rss_mb()
     return {
         "http": http,
         "browser": browser,
@@ -400,8 +402,9 @@ def markdown(command: str, built: dict[str, Any], r: dict[str, Any]) -> str:
         "",
         f"Store: {built['messages']:,} messages, {built['rollouts']:,} rollouts, "
         f"{built['attempts']:,} attempts, {built['store_mb']:.0f} MB on disk "
-        f"(built in {built['build_s']:.0f} s). Peak RSS of the process serving it: "
-        f"{r['rss_peak_mb']:.0f} MB (after building, before serving: {r['rss_before_mb']:.0f} MB).",
+        f"(built in {built['build_s']:.0f} s, in another process). Peak RSS of the process "
+        f"serving it, over every page below and the export: {r['rss_peak_mb']:.0f} MB "
+        f"({r['rss_before_mb']:.0f} MB before the first page).",
         "",
         "Over HTTP on loopback (body read whole; first load not counted):",
         "",
@@ -465,7 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         if store.exists():
             raise SystemExit(f"{store} exists: pass a new path to --store")
         console.print(f"building {store} …")
-        built = build_store(store, args.tasks, args.samples, args.messages)
+        # in a child process, so this one's peak memory is the viewer's own
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            built = pool.submit(
+                build_store, store, args.tasks, args.samples, args.messages
+            ).result()
         console.print(f"{built['messages']:,} messages in {built['build_s']:.1f} s")
         r = asyncio.run(measure(args, store))
     md = markdown(command, built, r)
