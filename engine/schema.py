@@ -81,8 +81,9 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX rollouts_by_task ON rollouts(task_id, state);
         """,
     ),
+    # 3 is main's train_steps table (merged separately); the viewer's index is 4
     (
-        3,
+        4,
         """
         -- the viewer's pages of a run's rollouts by number (keyset on num, the rowid):
         -- a range of this index, not a sort of the whole run
