@@ -26,7 +26,7 @@ lint: setup-test
 	$(BIN)/mypy engine
 
 pytest: setup-test
-	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 $(BIN)/python -m pytest
+	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 DRILLYARD_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
 test: setup-test lint pytest    ## the whole test suite, as CI runs it
 

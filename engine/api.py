@@ -31,6 +31,7 @@ from engine.logs import configure_logging
 from engine.messages import Message
 from engine.ordering import ORDERS, TaskOrder, check_order, estimates, longest_first
 from engine.passk import PassAtK, compute_pass_at_k
+from engine.policy.base import preflight
 from engine.resources import AsyncResource
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.scheduler import Pending, Scheduler, SchedulerConfig
@@ -239,6 +240,7 @@ class Engine(AsyncResource):
             raise ConfigError("samples", f"must be >= 1, got {samples}")
         env = self._environment(environment)
         score_fn = resolve_scorer(scorer)
+        await preflight(agent.policy)  # an unreachable model server fails here, once
         run_id = run_id or new_run_id()
         config = self._run_config(
             env, scorer, agent.describe(), samples, metadata, _order_name(order)
@@ -287,6 +289,7 @@ class Engine(AsyncResource):
                 "pass environment= to resume",
             )
         score_fn = resolve_scorer(scorer if scorer is not None else record.config["scorer"])
+        await preflight(agent.policy)
         tasks = {t.id: t for t in await self.store.tasks(run_id)}
         unfinished = await self.store.unfinished(run_id)
         seqs = await self.store.next_seqs(run_id)

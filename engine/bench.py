@@ -452,6 +452,11 @@ def main(argv: list[str] | None = None) -> None:
         from engine.training.learn import main as learn_main
 
         raise SystemExit(learn_main(argv[1:]))
+    if argv[:1] == ["view"]:
+        # trace-viewer page loads on a million-message store: `python -m engine.bench view --help`
+        from engine.view.bench import main as view_main
+
+        raise SystemExit(view_main(argv[1:]))
     args = build_parser().parse_args(argv)
     args.argv = argv
     if args.backends:

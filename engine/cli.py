@@ -1,4 +1,4 @@
-"""``python -m engine``: run, resume, report, export and list runs."""
+"""``python -m engine``: run, resume, report, export, list and view runs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from engine.api import Engine, Run
 from engine.config import agent_from_description, load_config
-from engine.errors import DrillyardError
+from engine.errors import ConfigError, DrillyardError
 from engine.store import TraceStore
 
 console = Console(stderr=False)
@@ -80,6 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--store", type=Path, default=Path("drillyard.db"))
     export.add_argument("--out", type=Path, required=True)
 
+    view = sub.add_parser(
+        "view",
+        help="serve the trace viewer on loopback (open the printed URL: it carries the token)",
+    )
+    view.add_argument("--store", type=Path, default=Path("drillyard.db"))
+    view.add_argument("--host", default="127.0.0.1", help="interface to serve on (127.0.0.1)")
+    view.add_argument("--port", type=int, default=8765, help="port (8765; 0 picks a free one)")
+    view.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name to answer besides loopback ones (when serving beyond loopback)",
+    )
+    view.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("RUN", "OUT"),
+        help="write RUN as one self-contained HTML file OUT instead of serving",
+    )
+    view.add_argument("--states", help="--export: only rollouts in these states, e.g. error,failed")
+    view.add_argument("--limit", type=int, help="--export: at most this many rollouts")
+    view.add_argument(
+        "--answers", action="store_true", help="--export: include each task's ground truth"
+    )
+
     sub.add_parser("eval", help="a benchmark evaluation, e.g. `python -m engine eval gaia --help`")
     sub.add_parser("serve-rollouts", help="serve rollouts to swift GRPO in server mode (--help)")
     runs = sub.add_parser("runs", help="list the runs in a store")
@@ -114,6 +141,29 @@ async def print_report(run: Run, ks: list[int], by: list[str]) -> None:
                 *(f"{scores.get(k, float('nan')):.3f}" for k in report.ks),
             )
     console.print(table)
+    await print_error_reasons(run)
+
+
+async def print_error_reasons(run: Run, top: int = 10) -> None:
+    """The commonest reasons rollouts did not succeed, grouped and counted."""
+    from engine.view.queries import StoreReader
+
+    async with StoreReader(run.store.path) as reader:
+        reasons = await reader.error_reasons(run.id)
+    if not reasons:
+        return
+    table = Table(title="why rollouts did not succeed (rollouts · attempts, retries included)")
+    table.add_column("state")
+    table.add_column("rollouts", justify="right")
+    table.add_column("attempts", justify="right")
+    table.add_column("reason")
+    for r in reasons[:top]:
+        more = f" ({r.variants} variants)" if r.variants > 1 else ""
+        # recorded text, never rich markup
+        table.add_row(r.state, str(r.rollouts), str(r.attempts), Text(r.reason[:200] + more))
+    console.print(table)
+    if len(reasons) > top:
+        console.print(f"… and {len(reasons) - top} more reasons: python -m engine view")
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -231,7 +281,52 @@ async def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "resume": _resume, "report": _report, "export": _export, "runs": _runs}
+async def _view(args: argparse.Namespace) -> int:
+    from engine.view import StoreReader, Viewer, export_run
+    from engine.view.queries import STATES
+
+    if args.export:
+        run_id, out = args.export
+        async with StoreReader(args.store) as reader:
+            if await reader.run(run_id) is None:
+                known = ", ".join(await reader.run_ids(20)) or "none"
+                raise ConfigError(
+                    str(args.store), f"no run '{run_id}' in this store", f"runs: {known}"
+                )
+        states = [s.strip() for s in args.states.split(",")] if args.states else None
+        unknown = sorted(set(states or ()) - set(STATES))
+        if unknown:
+            raise ConfigError("--states", f"unknown state(s) {unknown}", f"use {', '.join(STATES)}")
+        n = await export_run(
+            args.store, run_id, out, states=states, limit=args.limit, answers=args.answers
+        )
+        print(f"wrote {n} rollouts of {run_id} to {out}")
+        return 0
+    async with Viewer(
+        args.store, host=args.host, port=args.port, allow_hosts=args.allow_host
+    ) as viewer:
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(
+                f"[yellow]serving beyond loopback on {args.host}: anyone who can reach it"
+                " and has the token can read every run in the store[/]"
+            )
+        # plain print: the URL must stay one line, whatever the terminal's width
+        print(
+            f"Drillyard viewer for {args.store}: open\n  {viewer.url}\n(Ctrl-C stops it)",
+            flush=True,
+        )
+        await asyncio.Event().wait()
+    return 0
+
+
+COMMANDS = {
+    "run": _run,
+    "resume": _resume,
+    "report": _report,
+    "export": _export,
+    "runs": _runs,
+    "view": _view,
+}
 
 
 EVALS = {"gaia": "gaia.cli:main"}
@@ -271,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "view":
+            return 0
         print(
             "interrupted: recorded work is in the store; finish it with `python -m engine resume`",
             file=sys.stderr,

@@ -95,6 +95,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        4,
+        """
+        -- the viewer's pages of a run's rollouts by number (keyset on num, the rowid):
+        -- a range of this index, not a sort of the whole run
+        CREATE INDEX rollouts_by_run ON rollouts(run_id);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

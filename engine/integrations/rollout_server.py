@@ -53,7 +53,7 @@ from engine.integrations.swift_protocol import (
     rollout_output,
 )
 from engine.live import BatchItem, BatchResult, LiveRun
-from engine.policy.base import Policy, SamplingParams
+from engine.policy.base import Policy, SamplingParams, preflight
 from engine.policy.openai import OpenAIPolicy
 from engine.recording import RolloutState
 from engine.resources import AsyncResource
@@ -124,6 +124,7 @@ class RolloutServer(AsyncResource):
     async def __aenter__(self) -> RolloutServer:
         await self.engine.__aenter__()
         try:
+            await preflight(self.policy)  # an unreachable vLLM fails now, naming its URL
             run_id = self.config.run_id or time.strftime("swift-%Y%m%d-%H%M%S")
             self.live = await self.engine.live_run(
                 Agent(self.policy, system_prompt=self.config.system_prompt),

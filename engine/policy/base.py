@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -100,3 +101,26 @@ class Policy(Protocol):
         params: SamplingParams | None = None,
         n: int = 1,
     ) -> list[Completion]: ...
+
+
+@runtime_checkable
+class Preflighted(Protocol):
+    """A policy that can check, before any rollout starts, that it can serve.
+
+    ``preflight`` returns when the policy is ready and raises
+    `engine.errors.ConfigError` naming what is wrong (the URL) and the fix
+    when it is not. A policy over several servers checks each of them.
+    """
+
+    async def preflight(self) -> None: ...
+
+
+async def preflight(policy: object) -> None:
+    """Run ``policy.preflight()`` when the policy has one (`Engine.run` and
+    `resume` call this once, before any rollout starts); otherwise nothing."""
+    check = getattr(policy, "preflight", None)
+    if check is None:
+        return
+    result = check()
+    if inspect.isawaitable(result):
+        await result

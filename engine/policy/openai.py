@@ -11,7 +11,7 @@ import orjson
 import structlog
 
 from engine.environment import ToolSpec
-from engine.errors import NotRetryable, PolicyError
+from engine.errors import ConfigError, NotRetryable, PolicyError
 from engine.policy.base import Completion, SamplingParams
 from engine.policy.tokens import Continuation, TokenContinuation, without_token_ids
 from engine.policy.toolcalls import parse_hermes, parse_openai_tool_calls
@@ -48,6 +48,7 @@ class OpenAIPolicy(AsyncResource):
         max_backoff: float = 8.0,
         version: str | None = None,
         exact_tokens: bool = False,
+        preflight_timeout: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.root_url = self.base_url.removesuffix("/v1")
@@ -60,6 +61,7 @@ class OpenAIPolicy(AsyncResource):
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.version = version
+        self.preflight_timeout = preflight_timeout
         self.max_in_flight = max_in_flight
         self._limit = anyio.Semaphore(max_in_flight)
         self._session: aiohttp.ClientSession | None = None
@@ -98,6 +100,50 @@ class OpenAIPolicy(AsyncResource):
                 json_serialize=lambda o: orjson.dumps(o).decode(),
             )
         return self._session
+
+    async def preflight(self) -> None:
+        """Check that a server answers at ``{base_url}/models`` (once, before a run).
+
+        An unreachable server, a deadline passed or a refused API key is a
+        `ConfigError` naming the URL and the fix, so a run fails within seconds
+        instead of spending its retries on every rollout. A server without the
+        route is let through; one that does not list ``model`` is logged."""
+        url = self.base_url + "/models"
+        where = f"policy at {self.base_url}"
+        try:
+            with anyio.fail_after(self.preflight_timeout):
+                async with self._ensure_session().get(url) as resp:
+                    status, raw = resp.status, await resp.read()
+        except TimeoutError as exc:
+            raise ConfigError(
+                where,
+                f"GET {url} got no reply within {self.preflight_timeout}s",
+                "check that the model server is up and not overloaded, or pass the right "
+                "--policy-url (policy.base_url)",
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConfigError(
+                where,
+                f"no model server answers GET {url} ({type(exc).__name__}: {exc})",
+                "start it (e.g. `vllm serve MODEL --port 8000`) or pass the right "
+                "--policy-url (policy.base_url), ending in /v1",
+            ) from exc
+        if status in (401, 403):
+            raise ConfigError(
+                where,
+                f"GET {url} was refused: HTTP {status}",
+                "pass the server's API key (api_key=; policy.api_key_env in a run config;"
+                " --api-key-env for `engine eval`)",
+            )
+        if status != 200:
+            log.info("policy preflight: no model list", url=url, status=status)
+            return
+        try:
+            served = [str(m.get("id")) for m in orjson.loads(raw).get("data") or []]
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if served and self.model not in served:
+            log.warning("model not listed by the server", model=self.model, served=served)
 
     def request_body(
         self,
