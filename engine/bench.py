@@ -30,11 +30,12 @@ import json
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from engine import eventloop
 from engine.benchmark.ceiling import (
     ORDER_TEXT,
     CeilingRow,
@@ -56,6 +57,7 @@ from engine.benchmark.workload import (
     make_workload,
 )
 from engine.errors import ConfigError
+from engine.eventloop import LOOPS
 
 __all__ = [
     "PAPER_DISTRIBUTED_S",
@@ -259,7 +261,7 @@ async def run_http(args: argparse.Namespace) -> None:
                 console.print(f"[bold][{n}/{len(args.in_flight)}][/bold] {rollouts:,} rollouts "
                               f"× {turns} turns, {c:,} in flight")  # fmt: skip
                 r = await measure_http(server, c, rollouts, turns, args.latency,
-                                       args.tool_sleep, Path(tmp), args.loop)  # fmt: skip
+                                       args.tool_sleep, Path(tmp))  # fmt: skip
                 if r.states != {"done": rollouts}:
                     console.print(f"[yellow]not every rollout ended done: {r.states}[/yellow]")
                 console.print(f"  wall {r.wall_s:.1f} s (ideal {r.ideal_s:.1f} s), efficiency "
@@ -477,9 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument(
         "--loop",
-        choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="the engine's event loop (asyncio)",
+        choices=LOOPS,
+        default=None,
+        help="the engine's event loop (default: $DRILLYARD_LOOP, else auto = uvloop when "
+        "installed)",
     )
     r = p.add_argument_group("--real")
     r.add_argument(
@@ -503,17 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="results file name under --out (default: the mode's name)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     return p
-
-
-def _run_on_loop(coro: Coroutine[Any, Any, None], loop: str) -> None:
-    if loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError as exc:
-            raise SystemExit("--loop uvloop needs uvloop: pip install uvloop") from exc
-        uvloop.run(coro)
-    else:
-        asyncio.run(coro)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -545,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
         args.rollouts, args.turns = args.rollouts or 4096, args.turns or 8
         if args.turns < 2:
             raise SystemExit("--http wants --turns >= 2 (every turn but the last calls the tool)")
-        _run_on_loop(run_http(args), args.loop)
+        eventloop.run(run_http(args), args.loop)
     elif args.ingest:
         args.name = args.name or "ingest"
         asyncio.run(run_ingest(args))

@@ -1,8 +1,9 @@
-"""The trace store: SQLite in WAL mode through aiosqlite, one batching writer.
+"""The trace store: SQLite in WAL mode, one batching writer, reads through aiosqlite.
 
 Writes are enqueued without waiting (`record`, `update_rollout`, …) and one
 writer task commits them in batches (every ``flush_interval`` seconds or every
-``batch_size`` rows, one transaction a batch). `commit` is a barrier: it
+``batch_size`` rows, one transaction a batch, handed to the writer's own
+thread in one hop: `engine.store_writer`). `commit` is a barrier: it
 returns once everything enqueued before it is on disk. A rollout's terminal
 state is enqueued after its messages and so can never be committed before
 them. Reads go through a second connection and see committed data only.
@@ -35,7 +36,7 @@ from engine.records import (
     from_row,
     message_from_row,
 )
-from engine.schema import MIGRATIONS, SCHEMA_VERSION
+from engine.store_writer import WRITER_PRAGMAS, Batch, SqliteWriter
 from engine.tasks import Task
 
 __all__ = [
@@ -50,24 +51,6 @@ __all__ = [
     "TraceStore",
     "TrainStepRecord",
 ]
-
-WRITER_PRAGMAS = (
-    # a new file gets 8 KiB pages (no effect on an existing one): the messages
-    # index is filled in rollout order, not time order, and larger pages split
-    # less often (measured: ~1.3x rows/s on ingest)
-    "page_size=8192",
-    "journal_mode=WAL",
-    "synchronous=NORMAL",
-    # the writer's page cache holds the hot index pages of every live rollout
-    # (default 2 MB); memory is only used as the file grows
-    "cache_size=-65536",
-    "foreign_keys=ON",
-    "busy_timeout=10000",
-    # checkpoint the WAL every ~40 MB rather than every 4 MB: fewer stalls of
-    # the writer under a heavy ingest
-    "wal_autocheckpoint=10000",
-)
-"""The writer connection's settings, in order (the ingest bench's baseline uses them too)."""
 
 RESULT_STATES = frozenset({"done", "failed", "timed_out", "error"})
 """States that carry a final result; every other state is resumable."""
@@ -91,39 +74,6 @@ _ROLLOUT_FIELDS = frozenset(
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
-
-
-class _Batch:
-    """Everything the writer commits in one transaction, in dependency order."""
-
-    __slots__ = (
-        "attempts",
-        "barriers",
-        "messages",
-        "rollout_inserts",
-        "rollout_updates",
-        "runs",
-        "tasks",
-    )
-
-    def __init__(self) -> None:
-        self.runs: list[tuple[str, tuple[Any, ...]]] = []
-        self.tasks: list[tuple[Any, ...]] = []
-        self.rollout_inserts: list[tuple[Any, ...]] = []
-        self.attempts: dict[tuple[str, int], tuple[Any, ...]] = {}
-        self.messages: list[tuple[Any, ...]] = []
-        self.rollout_updates: dict[str, dict[str, Any]] = {}
-        self.barriers: list[asyncio.Future[None]] = []
-
-    def rows(self) -> int:
-        return (
-            len(self.runs)
-            + len(self.tasks)
-            + len(self.rollout_inserts)
-            + len(self.attempts)
-            + len(self.messages)
-            + len(self.rollout_updates)
-        )
 
 
 class StoreState(StrEnum):
@@ -164,9 +114,9 @@ class TraceStore:
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.state = StoreState.NEW
-        self._db: aiosqlite.Connection | None = None
+        self._db: SqliteWriter | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._batch = _Batch()
+        self._batch = Batch()
         self._wake = asyncio.Event()  # something is enqueued
         self._urgent = asyncio.Event()  # flush now: a barrier, a full batch, closing
         self._writer: asyncio.Task[None] | None = None
@@ -212,13 +162,10 @@ class TraceStore:
         try:
             await self._connect()
         except BaseException:
-            for conn in (self._reader, self._db):
-                if conn is not None:
-                    await conn.close()
-            self._db = self._reader = None
+            await self._disconnect()
             self._move(_S.CLOSED)
             raise
-        self._batch = _Batch()
+        self._batch = Batch()
         self._wake, self._urgent = asyncio.Event(), asyncio.Event()
         self._closed, self._close_error, self._failure = asyncio.Event(), None, None
         self._writer = asyncio.create_task(self._write_loop(), name="drillyard-store-writer")
@@ -227,18 +174,20 @@ class TraceStore:
         return self
 
     async def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        for pragma in WRITER_PRAGMAS:
-            await self._db.execute(f"PRAGMA {pragma}")
-        await self._migrate(self._db)
-        async with self._db.execute("SELECT COALESCE(MAX(num), 0) AS n FROM rollouts") as cur:
-            row = await cur.fetchone()
-        self._next_num = int(row["n"]) + 1 if row else 1
+        self._db = SqliteWriter(self.path)
+        self._next_num = await self._db.open()
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         self._reader.row_factory = sqlite3.Row
         await self._reader.execute("PRAGMA busy_timeout=10000")
+
+    async def _disconnect(self) -> None:
+        reader, writer, self._reader, self._db = self._reader, self._db, None, None
+        try:
+            if reader is not None:
+                await reader.close()
+        finally:
+            if writer is not None:
+                await writer.close()
 
     async def close(self) -> None:
         """Flush everything enqueued, stop the writer, close both connections.
@@ -267,10 +216,7 @@ class TraceStore:
             self._urgent.set()
             if self._writer is not None and not self._writer.done():
                 await asyncio.gather(self._writer, return_exceptions=True)
-            for conn in (self._reader, self._db):
-                if conn is not None:
-                    await conn.close()
-            self._db = self._reader = None
+            await self._disconnect()
             self._move(_S.CLOSED)
             assert self._closed is not None
             self._closed.set()
@@ -285,20 +231,6 @@ class TraceStore:
         tb: TracebackType | None,
     ) -> None:
         await asyncio.shield(self.close())
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row["user_version"]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise ConfigError(
-                str(self.path),
-                f"store has schema version {current}, this drillyard knows {SCHEMA_VERSION}",
-                "upgrade drillyard to read this store",
-            )
-        for version, script in MIGRATIONS:
-            if version > current:
-                await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
 
     # ---- the writer ------------------------------------------------------
 
@@ -327,71 +259,27 @@ class TraceStore:
             if not self._urgent.is_set():
                 # gather a batch for up to flush_interval; cut short when urgent
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
+                    async with asyncio.timeout(self.flush_interval):
+                        await self._urgent.wait()
             self._wake.clear()
             self._urgent.clear()
-            batch, self._batch = self._batch, _Batch()
+            batch, self._batch = self._batch, Batch()
             if batch.rows() or batch.barriers:
                 try:
-                    await self._commit_batch(self._db, batch)
+                    await self._db.commit(batch)
                 except BaseException as exc:
                     self._failure = exc
                     for fut in batch.barriers + self._batch.barriers:
                         if not fut.done():
                             fut.set_exception(RuntimeError(f"trace store write failed: {exc!r}"))
                     raise
+                self.rows_written += batch.rows()
+                self.batches_written += 1
                 for fut in batch.barriers:
                     if not fut.done():
                         fut.set_result(None)
             if self.state is _S.CLOSING and not self._batch.rows() and not self._batch.barriers:
                 return
-
-    async def _commit_batch(self, db: aiosqlite.Connection, b: _Batch) -> None:
-        await db.execute("BEGIN")
-        try:
-            for sql, params in b.runs:
-                await db.execute(sql, params)
-            if b.tasks:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO tasks(run_id, task_id, ord, data) VALUES (?,?,?,?)",
-                    b.tasks,
-                )
-            if b.rollout_inserts:
-                await db.executemany(
-                    "INSERT INTO rollouts(num, id, run_id, task_id, sample_index, attempt, state,"
-                    " turns, created_at, backend) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    b.rollout_inserts,
-                )
-            if b.attempts:
-                await db.executemany(
-                    "INSERT INTO attempts(rollout_id, attempt, state, error, worker, started_at,"
-                    " finished_at) VALUES (?,?,?,?,?,?,?)"
-                    " ON CONFLICT(rollout_id, attempt) DO UPDATE"
-                    " SET state=excluded.state, error=excluded.error, worker=excluded.worker,"
-                    " finished_at=excluded.finished_at",
-                    list(b.attempts.values()),
-                )
-            if b.messages:
-                await db.executemany(
-                    "INSERT INTO messages(rollout_num, seq, attempt, sender, receiver, category,"
-                    " topic, priority, headers, payload, created_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    b.messages,
-                )
-            # one executemany per set of updated columns, not one statement per
-            # rollout: each statement is a hop to the connection's thread
-            by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-            for rollout_id, fields in b.rollout_updates.items():
-                by_columns.setdefault(tuple(fields), []).append((*fields.values(), rollout_id))
-            for columns, rows in by_columns.items():
-                cols = ", ".join(f"{k}=?" for k in columns)
-                await db.executemany(f"UPDATE rollouts SET {cols} WHERE id=?", rows)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        self.rows_written += b.rows()
-        self.batches_written += 1
 
     async def commit(self) -> None:
         """Wait until everything enqueued so far is committed.

@@ -165,6 +165,11 @@ def ideal_makespan(
     return math.ceil(rollouts / in_flight) * (turns * latency + (turns - 1) * tool_s)
 
 
+def running_loop() -> str:
+    """``uvloop`` or ``asyncio``: the loop this coroutine runs on."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
 def raise_fd_limit(need: int) -> None:
     """One socket per request in flight: lift the soft limit on open files toward the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -181,7 +186,6 @@ async def measure_http(
     latency: float,
     tool_s: float,
     store_dir: Path,
-    loop: str,
 ) -> HttpRun:
     """N rollouts of T turns at C in flight through the real engine; one fresh store."""
     raise_fd_limit(in_flight + 1024)
@@ -224,7 +228,7 @@ async def measure_http(
         turns=turns,
         latency_s=latency,
         tool_s=tool_s,
-        loop=loop,
+        loop=running_loop(),
         wall_s=wall,
         ideal_s=ideal,
         efficiency=ideal / wall,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any, Self
 
@@ -9,6 +10,7 @@ import aiohttp
 import anyio
 import orjson
 import structlog
+from yarl import URL
 
 from engine.environment import ToolSpec
 from engine.errors import ConfigError, NotRetryable, PolicyError
@@ -25,9 +27,11 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 class OpenAIPolicy(AsyncResource):
     """Chat completions from ``{base_url}/chat/completions``.
 
-    One pooled aiohttp session; at most ``max_in_flight`` requests at once;
+    One pooled aiohttp session (kept-alive connections, no cookie jar, bodies
+    encoded once with orjson); at most ``max_in_flight`` requests at once;
     connection errors, 429 and 5xx are retried ``retries`` times with jittered
-    exponential backoff; every try has a ``timeout`` deadline. Tool calls come
+    exponential backoff; every try has a ``timeout`` deadline (the session's
+    own, one timer a try). Tool calls come
     from the ``tool_calls`` field or, failing that, from Hermes ``<tool_call>``
     text. ``version`` is stamped on every completion (bump it after a weight reload).
     ``exact_tokens`` sends later turns as the exact token ids of the conversation so
@@ -63,8 +67,9 @@ class OpenAIPolicy(AsyncResource):
         self.version = version
         self.preflight_timeout = preflight_timeout
         self.max_in_flight = max_in_flight
-        self._limit = anyio.Semaphore(max_in_flight)
+        self._limit = asyncio.Semaphore(max_in_flight)  # no checkpoint when a permit is free
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, bool], URL] = {}
         self.requests = 0
         self.retried = 0
 
@@ -97,7 +102,8 @@ class OpenAIPolicy(AsyncResource):
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers=headers,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -227,8 +233,17 @@ class OpenAIPolicy(AsyncResource):
         data = await self._post("/tokenize", body, root=True)
         return [int(t) for t in data.get("tokens") or []]
 
+    def _url(self, path: str, root: bool) -> URL:
+        """The URL of a route, parsed once."""
+        url = self._urls.get((path, root))
+        if url is None:
+            url = self._urls[(path, root)] = URL((self.root_url if root else self.base_url) + path)
+        return url
+
     async def _post(self, path: str, body: dict[str, Any], *, root: bool = False) -> dict[str, Any]:
-        url = (self.root_url if root else self.base_url) + path
+        url = self._url(path, root)
+        # encoded once for every try, as a payload aiohttp need not look up a type for
+        data = aiohttp.BytesPayload(orjson.dumps(body), content_type="application/json")
         last = "no attempt made"
         async with self._limit:
             session = self._ensure_session()
@@ -239,10 +254,10 @@ class OpenAIPolicy(AsyncResource):
                     await anyio.sleep(delay * (0.5 + random.random() / 2))
                 self.requests += 1
                 try:
-                    with anyio.fail_after(self.timeout):
-                        async with session.post(url, json=body) as resp:
-                            raw = await resp.read()
-                            status = resp.status
+                    # the session's timeout bounds the try, body read included
+                    async with session.post(url, data=data) as resp:
+                        raw = await resp.read()
+                        status = resp.status
                 except TimeoutError:
                     last = f"no reply within {self.timeout}s"
                     continue
