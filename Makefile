@@ -23,7 +23,7 @@ bench: setup                    ## the main job on embedded defaults
 lint: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check engine
-	$(BIN)/mypy engine
+	$(BIN)/mypy engine backends tools gaia
 
 pytest: setup-test
 	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 DRILLYARD_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
