@@ -9,6 +9,7 @@ Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
     POST   /envs/{id}/reset {task_view}   → observation
     POST   /envs/{id}/step  {tool_call}   → observation (tool errors are observations)
     DELETE /envs/{id}              close it and free its slot
+    GET    /channel                the same calls as frames on one WebSocket (backends.channel)
 
 A request without the engine's per-run token gets 401 and runs nothing. When
 every slot is taken ``POST /envs`` answers 503 with ``Retry-After``. A tool
@@ -41,8 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
+from backends.channel import serve_channel
 from engine.backend import build_environment
 from engine.environment import Environment, EnvSpec, Observation, ToolCall
 from engine.errors import ConfigError
@@ -86,6 +89,7 @@ class WorkerServer:
             web.post("/envs/{env_id}/reset", self.reset),
             web.post("/envs/{env_id}/step", self.step),
             web.delete("/envs/{env_id}", self.delete),
+            web.get("/channel", self.channel),
         ])
 
     @property
@@ -110,14 +114,42 @@ class WorkerServer:
                                   "live": len(self.envs), "pid": os.getpid()})
 
     async def create(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_create(await _json(request)))
+
+    async def reset(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_reset(request.match_info["env_id"], await _json(request)))
+
+    async def step(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_step(request.match_info["env_id"], await _json(request)))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_delete(request.match_info["env_id"]))
+
+    async def channel(self, request: web.Request) -> web.StreamResponse:
+        """The same calls as frames over one WebSocket (`backends.channel`)."""
+        return await serve_channel(request, self.dispatch)
+
+    # ---- the calls, whichever lane they came by -------------------------
+
+    async def dispatch(self, op: str, env_id: str | None, body: dict[str, Any]) -> tuple[int, Any]:
+        if op == "step" and env_id is not None:
+            return await self.op_step(env_id, body)
+        if op == "reset" and env_id is not None:
+            return await self.op_reset(env_id, body)
+        if op == "create":
+            return await self.op_create(body)
+        if op == "delete" and env_id is not None:
+            return await self.op_delete(env_id)
+        return 400, {"error": f"unknown call {op!r} (create, reset, step, delete with an env)"}
+
+    async def op_create(self, body: dict[str, Any]) -> tuple[int, Any]:
         if self.draining:
-            return _busy("worker is draining")
+            return _BUSY, {"error": "worker is draining"}
         if self.free <= 0:
-            return _busy(f"all {self.slots} slots are in use")
-        body = await _json(request)
+            return _BUSY, {"error": f"all {self.slots} slots are in use"}
         spec_data = body.get("spec")
         if not isinstance(spec_data, dict) or not isinstance(spec_data.get("name"), str):
-            return _error(400, 'body must be {"spec": {"name": str, "config": {...}}}')
+            return 400, {"error": 'body must be {"spec": {"name": str, "config": {...}}}'}
         spec = EnvSpec(spec_data["name"], dict(spec_data.get("config") or {}))
         self._reserved += 1
         self._empty.clear()
@@ -125,77 +157,71 @@ class WorkerServer:
             env = build_environment(spec)
             tools = env.tools
         except ConfigError as exc:
-            return _error(400, str(exc))
+            return 400, {"error": str(exc)}
         except Exception as exc:
-            return _error(500, f"building environment '{spec.name}' raised "
-                               f"{type(exc).__name__}: {exc}")
+            return 500, {"error": f"building environment '{spec.name}' raised "
+                                  f"{type(exc).__name__}: {exc}"}
         finally:
             self._reserved -= 1
             self._check_empty()
         env_id = secrets.token_hex(8)
         self.envs[env_id] = _Hosted(env, spec)
         self._empty.clear()
-        return web.json_response({"env_id": env_id, "tools": tools})
+        return 200, {"env_id": env_id, "tools": tools}
 
-    async def reset(self, request: web.Request) -> web.Response:
-        hosted = self._get(request)
-        body = await _json(request)
+    async def op_reset(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
+        hosted = self.envs.get(env_id)
+        if hosted is None:
+            return 404, {"error": f"no environment {env_id}"}
         try:
             view = TaskView.from_dict(body["task_view"])
         except (KeyError, TypeError, ValueError) as exc:
-            return _error(400, f'body must be {{"task_view": {{...}}}}: {exc!r}')
+            return 400, {"error": f'body must be {{"task_view": {{...}}}}: {exc!r}'}
         try:
             obs = await self._bounded(hosted.env.reset(view))
         except TimeoutError:
-            return _error(504, f"reset did not finish within {self.call_timeout}s")
+            return 504, {"error": f"reset did not finish within {self.call_timeout}s"}
         except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
+            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
         except Exception as exc:
-            return _error(500, f"reset raised {type(exc).__name__}: {exc}")
-        return web.json_response(obs.to_dict())
+            return 500, {"error": f"reset raised {type(exc).__name__}: {exc}"}
+        return 200, obs.to_dict()
 
-    async def step(self, request: web.Request) -> web.Response:
-        hosted = self._get(request)
-        body = await _json(request)
+    async def op_step(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
+        hosted = self.envs.get(env_id)
+        if hosted is None:
+            return 404, {"error": f"no environment {env_id}"}
         try:
             call = ToolCall.from_dict(body["tool_call"])
         except (KeyError, TypeError, AttributeError) as exc:
-            return _error(400, f'body must be {{"tool_call": {{...}}}}: {exc!r}')
+            return 400, {"error": f'body must be {{"tool_call": {{...}}}}: {exc!r}'}
         if call.error is not None:  # a malformed call never reaches the environment
-            return web.json_response(Observation.error(call.error).to_dict())
+            return 200, Observation.error(call.error).to_dict()
         try:
             obs = await self._bounded(hosted.env.step(call))
         except TimeoutError:
             obs = Observation.error(f"tool {call.name} did not finish within {self.call_timeout}s")
         except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
+            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
         except Exception as exc:  # the tool's fault: the agent sees it
             obs = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")
-        return web.json_response(obs.to_dict())
+        return 200, obs.to_dict()
 
-    async def delete(self, request: web.Request) -> web.Response:
-        env_id = request.match_info["env_id"]
+    async def op_delete(self, env_id: str) -> tuple[int, Any]:
         hosted = self.envs.pop(env_id, None)
         if hosted is None:
-            return _error(404, f"no environment {env_id}")
+            return 404, {"error": f"no environment {env_id}"}
         try:
             await asyncio.shield(self._close(hosted))
         finally:
             self._check_empty()
-        return web.json_response({"closed": env_id})
+        return 200, {"closed": env_id}
 
     # ---- helpers ---------------------------------------------------------
 
-    def _get(self, request: web.Request) -> _Hosted:
-        env_id = request.match_info["env_id"]
-        hosted = self.envs.get(env_id)
-        if hosted is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no environment {env_id}"}),
-                                   content_type="application/json")
-        return hosted
-
     async def _bounded(self, awaitable: Awaitable[Observation]) -> Observation:
-        obs = await asyncio.wait_for(awaitable, self.call_timeout)
+        async with asyncio.timeout(self.call_timeout):  # a timer, not a task, per call
+            obs = await awaitable
         if not isinstance(obs, Observation):
             raise TypeError(f"environment returned {type(obs).__name__}, not an Observation")
         return obs
@@ -219,17 +245,19 @@ class WorkerServer:
             await self._close(self.envs.pop(env_id))
 
 
-def _busy(why: str) -> web.Response:
-    return web.json_response({"error": why}, status=503, headers={"Retry-After": "1"})
+_BUSY = 503
 
 
-def _error(status: int, text: str) -> web.Response:
-    return web.json_response({"error": text}, status=status)
+def _reply(status: int, body: Any) -> web.Response:
+    """A call's answer over HTTP (``Retry-After`` on a busy worker)."""
+    headers = {"Retry-After": "1"} if status == _BUSY else None
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                        content_type="application/json")
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
+        body = orjson.loads(await request.read())
     except ValueError as exc:
         raise web.HTTPBadRequest(text=json.dumps({"error": f"body is not JSON: {exc}"}),
                                  content_type="application/json") from exc

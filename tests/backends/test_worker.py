@@ -215,7 +215,7 @@ async def test_the_client_maps_faults_to_engine_errors(tmp_path: Path) -> None:
                     with pytest.raises(EnvironmentLost, match="missed a deadline"):
                         await env.step(ToolCall("c", "hang", "{}", {}))
                 tg.start_soon(stuck)
-                await eventually(lambda: bool(worker._scopes), 10, "the call in flight")
+                await eventually(lambda: worker.in_flight > 0, 10, "the call in flight")
                 worker.mark_dead("missed a deadline")
             w.proc.kill()
             w.proc.wait()
