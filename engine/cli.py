@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engine import eventloop
 from engine.api import Engine, Run
 from engine.config import agent_from_description, load_config
 from engine.errors import ConfigError, DrillyardError
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return eventloop.run(COMMANDS[args.command](args))
     except DrillyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
