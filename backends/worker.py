@@ -46,6 +46,7 @@ import orjson
 from aiohttp import web
 
 from backends.channel import serve_channel
+from engine import eventloop
 from engine.backend import build_environment
 from engine.environment import Environment, EnvSpec, Observation, ToolCall
 from engine.errors import ConfigError
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     token = read_token(args)
     if not token:
         sys.exit(f"worker: no token (pass --token-file or set {TOKEN_ENV})")
-    asyncio.run(serve(args, token))
+    eventloop.run(serve(args, token))
 
 
 if __name__ == "__main__":

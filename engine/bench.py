@@ -477,13 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument(
         "--server-procs", type=int, default=2, help="server processes sharing the port (2)"
     )
-    h.add_argument(
-        "--loop",
-        choices=LOOPS,
-        default=None,
-        help="the engine's event loop (default: $DRILLYARD_LOOP, else auto = uvloop when "
-        "installed)",
-    )
     r = p.add_argument_group("--real")
     r.add_argument(
         "--policy-url",
@@ -502,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="rollouts at once in the concurrent --real run (8)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=None,
+        help="the engine's event loop, every mode (default: $DRILLYARD_LOOP, else auto = "
+        "uvloop where installed)",
     )
     p.add_argument("--name", help="results file name under --out (default: the mode's name)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale:
         args.name = args.name or "scale"
         args.rollouts, args.turns = args.rollouts or 10_000, args.turns or 4
-        asyncio.run(run_scale(args))
+        eventloop.run(run_scale(args), args.loop)
     elif args.http:
         args.name = args.name or "http"
         args.rollouts, args.turns = args.rollouts or 4096, args.turns or 8
@@ -540,16 +540,16 @@ def main(argv: list[str] | None = None) -> None:
         eventloop.run(run_http(args), args.loop)
     elif args.ingest:
         args.name = args.name or "ingest"
-        asyncio.run(run_ingest(args))
+        eventloop.run(run_ingest(args), args.loop)
     elif args.overlap:
         args.name = args.name or "overlap"
-        asyncio.run(run_overlap(args))
+        eventloop.run(run_overlap(args), args.loop)
     elif args.real:
         args.name = args.name or "real"
-        asyncio.run(run_real(args))
+        eventloop.run(run_real(args), args.loop)
     else:
         args.name = args.name or "cycle"
-        asyncio.run(run_cycle(args))
+        eventloop.run(run_cycle(args), args.loop)
 
 
 if __name__ == "__main__":
