@@ -18,7 +18,7 @@ import aiohttp
 import anyio
 import pytest
 
-from engine import Agent, Engine, Observation, ScriptedPolicy, Task, TaskView
+from engine import Agent, Engine, Observation, ScriptedPolicy, Task, TaskView, ToolCall
 from engine.integrations.config import FeedConfig
 from engine.integrations.feed import Feed
 from engine.integrations.rollout_server import RolloutServer
