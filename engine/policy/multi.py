@@ -171,12 +171,12 @@ class MultiServerPolicy(AsyncResource):
         }
 
     def servers(self) -> list[ServerState]:
-        return [
-            ServerState(
-                s.url, s.down is None, s.down, s.in_flight, s.client.requests, s.picks, s.outages
-            )
-            for s in self._servers
-        ]
+        return [self._state(s) for s in self._servers]
+
+    def _state(self, s: _Server) -> ServerState:
+        return ServerState(
+            s.url, s.down is None, s.down, s.in_flight, s.client.requests, s.picks, s.outages
+        )
 
     async def __aenter__(self) -> Self:
         for s in self._servers:
@@ -325,19 +325,27 @@ class MultiServerPolicy(AsyncResource):
 
     async def _probe(self, server: _Server) -> None:
         delay = self.probe_interval
-        while True:
+        while server.down is not None:
             await anyio.sleep(delay)
             delay = min(self.max_probe_interval, delay * 2)
-            if not await self._healthy(server):
-                continue
-            stale = await self._stale_weights(server)
-            if stale is not None:
-                server.down = stale
-                continue
-            server.down = None
-            server.serving.set()
-            log.info("model server back", url=server.url)
+            await self._check(server)
+
+    async def _check(self, server: _Server) -> None:
+        if server.down is None or not await self._healthy(server):
             return
+        stale = await self._stale_weights(server)
+        if stale is not None:
+            server.down = stale
+            return
+        server.down = None
+        server.serving.set()
+        log.info("model server back", url=server.url)
+
+    async def probe(self, url: str) -> ServerState:
+        """Check a server that is out now (say, just restarted) instead of at its next probe."""
+        server = self._server(url)
+        await self._check(server)
+        return self._state(server)
 
     async def wait_up(self, url: str) -> None:
         """Return once ``url`` serves (at once when it does; after an outage,

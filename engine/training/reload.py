@@ -81,7 +81,12 @@ class ServerControl(AsyncResource):
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            # a fresh connection per call: after an HTTP 500 vLLM may drop the
+            # kept-alive one, and the rollback that follows must not land on it
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
         url = self.url + path
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -115,6 +120,13 @@ class ServerControl(AsyncResource):
 
     async def load(self, weights_path: str) -> None:
         await self.request("POST", "/collective_rpc", _rpc(weights_path))
+
+
+def _hint(step: str, error: ReloadError, path: str) -> ReloadError:
+    """vLLM takes a folder it cannot see for a Hugging Face repo id: say so."""
+    if step == "reload_weights" and "Repo id must be in the form" in str(error):
+        return ReloadError(f"{error} — that server sees no checkpoint folder at {path}")
+    return error
 
 
 Step = Callable[[ServerControl], Awaitable[Any]]
@@ -264,6 +276,7 @@ class WeightReloader(AsyncResource):
                 ("update_weight_version", "/update_weight_version", {"new_version": version}),
             ):
                 failures = await self._phase(result, live, name, "POST", route, body)
+                failures = {u: _hint(name, e, path) for u, e in failures.items()}
                 if failures:
                     await self._undo(live, labels, previous, name, failures)
             if self.policy is not None:
