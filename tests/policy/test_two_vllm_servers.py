@@ -99,7 +99,7 @@ async def test_each_rollout_stays_on_the_server_of_its_first_call(
     vllm_pair: VLLMPair, make_engine: Callable[..., Engine]
 ) -> None:
     vllm_pair.revive()
-    urls = [vllm_pair.a.base_url, vllm_pair.b.base_url]
+    urls = vllm_pair.base_urls
     async with (
         MultiServerPolicy(urls, "tiny", timeout=60) as policy,
         make_engine(max_rollouts=8) as engine,
@@ -121,7 +121,7 @@ async def test_a_reload_reaches_both_servers_and_rollouts_record_it(
     make_engine: Callable[..., Engine],
 ) -> None:
     vllm_pair.revive()
-    urls = [vllm_pair.a.base_url, vllm_pair.b.base_url]
+    urls = vllm_pair.base_urls
     roots = [vllm_pair.a.url, vllm_pair.b.url]
     async with (
         MultiServerPolicy(urls, "tiny", timeout=60, version="v0") as policy,
@@ -155,7 +155,7 @@ async def test_a_checkpoint_one_server_cannot_load_leaves_both_on_the_old_weight
     vllm_pair: VLLMPair, seed1_checkpoint: Path
 ) -> None:
     vllm_pair.revive()
-    urls = [vllm_pair.a.base_url, vllm_pair.b.base_url]
+    urls = vllm_pair.base_urls
     checkpoint = vllm_pair.only_a / "step-2"  # written where server b cannot see it
     shutil.copytree(seed1_checkpoint, checkpoint, dirs_exist_ok=True)
     async with (
@@ -200,7 +200,7 @@ async def test_a_server_killed_mid_batch_loses_nothing_and_comes_back_on_current
 
     async with (
         MultiServerPolicy(
-            [a.base_url, b.base_url], "tiny", timeout=60, version="v0", max_probe_interval=1
+            vllm_pair.base_urls, "tiny", timeout=60, version="v0", max_probe_interval=1
         ) as policy,
         WeightReloader(policy=policy) as reloader,
         make_engine(max_rollouts=8) as engine,

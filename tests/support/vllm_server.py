@@ -256,6 +256,10 @@ class VLLMPair:
     def servers(self) -> tuple[VLLMServer, VLLMServer]:
         return self.a, self.b
 
+    @property
+    def base_urls(self) -> list[str]:
+        return [self.a.base_url, self.b.base_url]
+
     def start(self) -> VLLMPair:
         try:
             for server in self.servers:  # both start at once
