@@ -98,7 +98,6 @@ class VLLMServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
         self.returncode: int | None = None
-        self._t0 = 0.0
 
     def command(self) -> list[str]:
         return [
@@ -152,11 +151,6 @@ class VLLMServer:
 
     def start(self) -> VLLMServer:
         """Launch the server and block until ``/health`` answers 200."""
-        self.launch()
-        return self.wait_ready()
-
-    def launch(self) -> VLLMServer:
-        """Start the server process; `wait_ready` blocks until it serves."""
         self._tmp = tempfile.TemporaryDirectory(prefix="vllm-server-")
         tmp = Path(self._tmp.name)
         if self.log_dir is not None:  # kept after exit
@@ -177,13 +171,8 @@ class VLLMServer:
                 start_new_session=True,  # own process group: killpg reaps children
             )
         atexit.register(self.stop)  # safety net if the caller never exits
-        self._t0 = t0
-        return self
-
-    def wait_ready(self) -> VLLMServer:
-        """Block until the launched server answers ``/health`` (stop it on failure)."""
         try:
-            self._wait_healthy(self._t0)
+            self._wait_healthy(t0)
         except BaseException:  # includes KeyboardInterrupt: never leak it
             self.stop()
             raise
@@ -262,10 +251,8 @@ class VLLMPair:
 
     def start(self) -> VLLMPair:
         try:
-            for server in self.servers:  # both start at once
-                server.launch()
             for server in self.servers:
-                server.wait_ready()
+                server.start()
         except BaseException:
             self.stop()
             raise
