@@ -45,7 +45,6 @@ from engine.resources import AsyncResource, close_session
 
 log = structlog.get_logger("drillyard.policy")
 
-CHAT = "/chat/completions"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+-]")
 
 
@@ -137,7 +136,7 @@ class MultiServerPolicy(AsyncResource):
             for i, url in enumerate(urls)
         ]
         self.model = model
-        self.version = version
+        self.version = version  # on every client: they build and stamp the completions
         self.weight_version: str | None = None
         self.probe_interval = probe_interval
         self.max_probe_interval = max_probe_interval
@@ -153,6 +152,15 @@ class MultiServerPolicy(AsyncResource):
         self._idle.set()
         self.retried = 0
         self.moved = 0  # calls that left a server for another
+
+    @property
+    def version(self) -> str | None:
+        return self._servers[0].client.version
+
+    @version.setter
+    def version(self, version: str | None) -> None:
+        for s in self._servers:
+            s.client.version = version
 
     @property
     def base_urls(self) -> list[str]:
@@ -204,18 +212,18 @@ class MultiServerPolicy(AsyncResource):
         params: SamplingParams | None = None,
         n: int = 1,
     ) -> list[Completion]:
-        first = self._servers[0].client
-        body = first.request_body(messages, tools, params or SamplingParams(), n)
         key = affinity.get()
         headers = {"X-Request-Id": _UNSAFE.sub("_", key)[:200]} if key else None
+
+        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            return await self._send(key, path, body, n, headers)
+
         while self._holds:  # a weight reload is under way
             await self._open.wait()
         self._active += 1
         self._idle.clear()
-        try:
-            version = self.version  # the weights the call is sent to
-            server, data = await self._send(key, body, n, headers)
-            return server.client.parse_response(data, version)
+        try:  # the request built and parsed as by one server's client, sent by the router
+            return await self._servers[0].client.complete_via(post, messages, tools, params, n)
         finally:
             self._active -= 1
             if not self._active:
@@ -237,8 +245,13 @@ class MultiServerPolicy(AsyncResource):
                 self._open.set()
 
     async def _send(
-        self, key: str | None, body: dict[str, Any], n: int, headers: dict[str, str] | None
-    ) -> tuple[_Server, dict[str, Any]]:
+        self,
+        key: str | None,
+        path: str,
+        body: dict[str, Any],
+        n: int,
+        headers: dict[str, str] | None,
+    ) -> dict[str, Any]:
         given_up: dict[str, str] = {}  # servers this call left, and why
         while True:
             server = self._route(key, given_up)
@@ -246,9 +259,9 @@ class MultiServerPolicy(AsyncResource):
                 raise PolicyError(self._nothing_left(given_up))
             if given_up:
                 self.moved += 1
-            data = await self._on(server, body, n, headers, given_up)
+            data = await self._on(server, path, body, n, headers, given_up)
             if data is not None:
-                return server, data
+                return data
 
     def _route(self, key: str | None, given_up: dict[str, str]) -> _Server | None:
         if key is not None:
@@ -271,6 +284,7 @@ class MultiServerPolicy(AsyncResource):
     async def _on(
         self,
         server: _Server,
+        path: str,
         body: dict[str, Any],
         n: int,
         headers: dict[str, str] | None,
@@ -288,7 +302,7 @@ class MultiServerPolicy(AsyncResource):
                 return None
             server.in_flight += n
             try:
-                result = await client.post_once(CHAT, body, headers)
+                result = await client.post_once(path, body, headers)
             finally:
                 server.in_flight -= n
             if not isinstance(result, Failure):

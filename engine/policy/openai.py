@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -22,6 +23,10 @@ log = structlog.get_logger("drillyard.policy")
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # the server could not be reached or dropped the connection: it may be gone
 GONE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+
+
+Post = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Sends one request body to a path of the API and returns the parsed JSON reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +147,21 @@ class OpenAIPolicy(AsyncResource):
         params: SamplingParams | None = None,
         n: int = 1,
     ) -> list[Completion]:
+        return await self.complete_via(self._post, messages, tools, params, n)
+
+    async def complete_via(
+        self,
+        post: Post,
+        messages: list[dict[str, Any]],
+        tools: list[ToolSpec] | None = None,
+        params: SamplingParams | None = None,
+        n: int = 1,
+    ) -> list[Completion]:
+        """`complete`, with the request sent by ``post(path, body)``: for a caller
+        that routes and retries requests itself (`MultiServerPolicy`)."""
         body = self.request_body(messages, tools, params or SamplingParams(), n)
         version = self.version  # the weights the request was sent to, not those after a reload
-        data = await self._post("/chat/completions", body)
+        data = await post("/chat/completions", body)
         return self.parse_response(data, version)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
