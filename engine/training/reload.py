@@ -112,11 +112,12 @@ class ServerControl(AsyncResource):
         info = await self.request("GET", "/weight_info")
         return info.get("weight_version") if isinstance(info, dict) else None
 
-    async def model_path(self) -> str | None:
-        """The checkpoint the server was started with (``root`` at ``GET /v1/models``)."""
+    async def served_model_root(self) -> str | None:
+        """Where the server loaded its weights from at start (``root`` of ``/v1/models``;
+        vLLM does not change it on a reload)."""
         models = await self.request("GET", "/v1/models")
         data = models.get("data") if isinstance(models, dict) else None
-        return data[0].get("root") if data else None
+        return str(data[0].get("root") or "") or None if data else None
 
     async def load(self, weights_path: str) -> None:
         await self.request("POST", "/collective_rpc", _rpc(weights_path))
@@ -187,6 +188,18 @@ class WeightReloader(AsyncResource):
         for server in self.servers:
             await server.request("GET", "/is_paused")
 
+    async def reset_prefix_cache(self) -> None:
+        """Drop every server's cached KV (say, after changing how prompts are built)."""
+        for server in self.servers:
+            await server.request("POST", "/reset_prefix_cache")
+
+    async def served_model_root(self) -> str | None:
+        """The model path every server was started with (`ReloadError` if they differ)."""
+        roots = {s.url: await s.served_model_root() for s in self.servers}
+        if len(set(roots.values())) > 1:
+            raise ReloadError(f"the servers were started from different models: {roots}")
+        return next(iter(roots.values()))
+
     async def weight_versions(self) -> dict[str, str | None]:
         return {s.url: await s.weight_version() for s in self.servers}
 
@@ -244,7 +257,7 @@ class WeightReloader(AsyncResource):
         return next((u for u in urls if _root(u) == root), root)
 
     async def _served_path(self, live: list[ServerControl]) -> str:
-        paths = {s.url: await s.model_path() for s in live}
+        paths = {s.url: await s.served_model_root() for s in live}
         if len(set(paths.values())) != 1 or None in paths.values():
             raise ReloadError(
                 f"cannot tell which checkpoint the servers serve now ({paths}), so a failed "

@@ -129,6 +129,7 @@ async def test_a_reload_reaches_both_servers_and_rollouts_record_it(
         make_engine(max_rollouts=8) as engine,
     ):
         before = await both(vllm_pair)
+        assert await reloader.served_model_root() == str(tiny_model_dir)  # what a failure undoes
         try:
             result = await reloader.reload(seed1_checkpoint, version="v1")
             assert await reloader.weight_versions() == dict.fromkeys(roots, "v1")
