@@ -19,7 +19,15 @@ from engine.errors import (
 )
 from engine.messages import Category, Message
 from engine.passk import PassAtK, compute_pass_at_k, pass_at_k
-from engine.policy import Completion, OpenAIPolicy, Policy, SamplingParams, ScriptedPolicy
+from engine.policy import (
+    Completion,
+    MultiServerPolicy,
+    OpenAIPolicy,
+    Policy,
+    SamplingParams,
+    ScriptedPolicy,
+    policy_affinity,
+)
 from engine.recording import RolloutState
 from engine.registry import register
 from engine.store import RolloutRecord, TraceStore
@@ -41,6 +49,7 @@ __all__ = [
     "FunctionTool",
     "InfraError",
     "Message",
+    "MultiServerPolicy",
     "NotRetryable",
     "Observation",
     "OpenAIPolicy",
@@ -65,5 +74,6 @@ __all__ = [
     "extract_answer",
     "load_tasks",
     "pass_at_k",
+    "policy_affinity",
     "register",
 ]

@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--samples", type=int, help="samples per task (GRPO group size)")
     run.add_argument("--scorer", help="scorer name: exact, numeric, arithmetic, …")
     run.add_argument(
-        "--policy-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
+        "--policy-url",
+        action="append",
+        help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1; repeat it (or give "
+        "a comma-separated list) for several servers of the model: each rollout stays on one",
     )
     run.add_argument("--model", help="model name served at --policy-url")
     run.add_argument(

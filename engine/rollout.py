@@ -24,7 +24,7 @@ from engine.backend import Backend, EnvFactory
 from engine.environment import EnvSpec, Observation, ToolCall
 from engine.errors import InfraError, NotRetryable
 from engine.messages import Category
-from engine.policy.base import Completion
+from engine.policy.base import Completion, policy_affinity
 from engine.policy.toolcalls import make_call
 from engine.recording import TERMINAL, TRANSITIONS, Recorder, RolloutState
 from engine.store import AttemptRecord, TraceStore
@@ -124,8 +124,11 @@ class Rollout(Recorder):
         started = time.time()
         self.store.update_rollout(self.id, attempt=attempt, started_at=started)
         outcome = Outcome(S.CANCELLED, error="cancelled")
-        with structlog.contextvars.bound_contextvars(
-            run=self.run_id, rollout=self.id, attempt=attempt
+        with (
+            structlog.contextvars.bound_contextvars(
+                run=self.run_id, rollout=self.id, attempt=attempt
+            ),
+            policy_affinity(self.id),  # a multi-server policy keeps this rollout on one server
         ):
             try:
                 outcome = await self._attempt()

@@ -21,6 +21,7 @@ def test_public_names_are_pinned() -> None:
         "FunctionTool",
         "InfraError",
         "Message",
+        "MultiServerPolicy",
         "NotRetryable",
         "Observation",
         "OpenAIPolicy",
@@ -45,6 +46,7 @@ def test_public_names_are_pinned() -> None:
         "extract_answer",
         "load_tasks",
         "pass_at_k",
+        "policy_affinity",
         "register",
     ]
     for name in engine.__all__:

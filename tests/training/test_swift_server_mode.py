@@ -114,7 +114,7 @@ async def trained(
             code = await anyio.to_thread.run_sync(train)
             tail = "\n".join(paths["log"].read_text(errors="replace").splitlines()[-30:])
             assert code == 0, tail
-            version = await server.reloaders[0].weight_version()
+            version = await server.reloader.weight_version()
             after = await fixed_prompt_logprobs(vllm_server)
         yield {**paths, "store": Path(config.store), "before": before, "after": after,
                "version": version}  # fmt: skip
