@@ -175,10 +175,17 @@ async def test_no_server_left_is_a_policy_error_naming_each_and_the_attempt_retr
         with pytest.raises(PolicyError, match="no model server of 2 could answer") as info:
             await call(policy, "r0")
         assert all(url in str(info.value) for url in urls)
-        async with make_engine(max_attempts=2) as engine:
-            run = await engine.run(arithmetic_tasks(1), Agent(policy), environment="arithmetic")
-            (rollout,) = await run.rollouts()
-            attempts = await engine.store.attempts(rollout.id)
+    # servers that are up when the run starts (its preflight passes) and then fail
+    # every call, their health checks too
+    async with (
+        ChatServer([503], health=503).running() as a,
+        ChatServer([503], health=503).running() as b,
+        fast(a.url, b.url) as policy,
+        make_engine(max_attempts=2) as engine,
+    ):
+        run = await engine.run(arithmetic_tasks(1), Agent(policy), environment="arithmetic")
+        (rollout,) = await run.rollouts()
+        attempts = await engine.store.attempts(rollout.id)
     assert rollout.state == "error" and "no model server of 2" in (rollout.error or "")
     assert [a.state for a in attempts] == ["error", "error"]
 
