@@ -19,6 +19,7 @@ assistant's.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ async def sft_row(
     episode (a new reset), a training-feed retry continues it (replays only).
     """
     msgs = await store.messages(rollout.id)
-    resets = [i for i, m in enumerate(msgs) if m.category == Category.OBSERVATION]
+    resets = [
+        i for i, m in enumerate(msgs) if m.category == Category.OBSERVATION and m.topic == "reset"
+    ]
     msgs = msgs[resets[-1] :] if resets else []
     out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     pending_text_reply = False
@@ -71,6 +74,8 @@ async def sft_row(
         p = m.payload
         if m.category == Category.OBSERVATION and m.topic == "reset":
             out.append({"role": "user", "content": str(p.get("content", ""))})
+        elif m.category == Category.OBSERVATION and m.topic == "respond" and not p.get("done"):
+            out.append({"role": "user", "content": str(p.get("content", ""))})  # a user turn
         elif m.category == Category.MODEL_REPLY:
             calls = p.get("tool_calls") or []
             content = p.get("content") or ""
@@ -102,8 +107,11 @@ async def export_sft(
     *,
     threshold: float = 1.0,
     tools: list[ToolSpec] | None = None,
+    rollout_ids: Collection[str] | None = None,
 ) -> int:
-    """Write the run's successful trajectories as swift SFT JSONL; return the count."""
+    """Write the run's successful trajectories as swift SFT JSONL; return the count.
+
+    ``rollout_ids`` keeps only those rollouts (say, the ones a filter kept)."""
     record = await store.run(run_id)
     if tools is None:  # a text-action environment's tool is not the model's to call
         text_actions = bool(record.config.get("text_tool"))
@@ -112,6 +120,8 @@ async def export_sft(
     rows = []
     for r in await store.rollouts(run_id, "done"):
         if r.reward is None or r.reward < threshold:
+            continue
+        if rollout_ids is not None and r.id not in rollout_ids:
             continue
         row = await sft_row(store, r, tools, system)
         if row is not None:
