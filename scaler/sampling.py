@@ -37,10 +37,11 @@ import jsonschema
 import networkx as nx
 
 from engine.tasks import Task
+from scaler.specs import SpecEntry
 from tools.stateful.crud import crud_descriptor, singular
+from tools.stateful.environment import Domain
 from tools.stateful.implementations import Implementation
 from tools.stateful.state import JsonState, canonical, diff
-from scaler.specs import SpecEntry
 
 PEOPLE = ["Ada Byron", "Alan Kay", "Grace Hopper", "Linus Pauling", "Mary Shelley",
           "Niels Bohr", "Rosa Parks", "Tim Berners", "Marie Curie", "Emmy Noether"]
@@ -116,7 +117,8 @@ def value_for(name: str, schema: dict[str, Any], rng: random.Random) -> Any:
     kind = schema.get("type", "string")
     low, high = schema.get("minimum"), schema.get("maximum")
     if kind == "integer":
-        return rng.randint(int(low if low is not None else 1), int(high if high is not None else 10))
+        return rng.randint(int(low if low is not None else 1),
+                           int(high if high is not None else 10))
     if kind == "number":
         return round(rng.uniform(float(low if low is not None else 1),
                                  float(high if high is not None else 100)), 2)
@@ -183,8 +185,17 @@ class DomainTools:
     entries: dict[str, SpecEntry]
     impls: dict[str, Implementation]
     tables: list[Table]
+    validators: dict[str, jsonschema.protocols.Validator] = field(default_factory=dict)
+
+    @classmethod
+    def of_domain(cls, domain: Domain) -> DomainTools:
+        """A domain file's tools (for checking tasks against it)."""
+        return cls({}, {n: t.impl for n, t in domain.tools.items()}, [],
+                   {n: t.validator for n, t in domain.tools.items()})
 
     def validator(self, name: str) -> jsonschema.protocols.Validator:
+        if name in self.validators:
+            return self.validators[name]
         params = self.entries[name].parameters
         cls = jsonschema.validators.validator_for(params, default=jsonschema.Draft202012Validator)
         validator: jsonschema.protocols.Validator = cls(params)
@@ -244,6 +255,36 @@ async def run_calls(tools: DomainTools, initial: dict[str, Any], calls: Sequence
     return state.snapshot(), writes
 
 
+async def verify_tasks(domain: Domain, tasks: Sequence[Task]) -> tuple[list[Task], list[str]]:
+    """The tasks whose gold calls execute on their initial state and end in their
+    gold final state, and a problem (naming the task, call and tool) for each other."""
+    if domain.state != "json":
+        return list(tasks), []
+    tools = DomainTools.of_domain(domain)
+    good: list[Task] = []
+    problems: list[str] = []
+    for task in tasks:
+        truth = task.ground_truth if isinstance(task.ground_truth, dict) else {}
+        try:
+            final, _ = await run_calls(tools, task.metadata.get("initial_state") or {},
+                                       truth.get("calls") or [], task.id)
+        except GoldSequenceError as exc:
+            problems.append(f"{exc}; task left out")
+            continue
+        if canonical(final) != canonical(truth.get("final_state")):
+            problems.append(f"task {task.id}: its gold calls do not end in its gold final "
+                            "state; task left out")
+            continue
+        good.append(task)
+    return good, problems
+
+
+def task_line(task: Task) -> dict[str, Any]:
+    """A task as one line of a task file (`engine.load_tasks`)."""
+    return {"id": task.id, "prompt": task.prompt, "answer": task.ground_truth,
+            "metadata": task.metadata}
+
+
 def _walk(graph: nx.Graph, names: list[str], length: int, rng: random.Random) -> list[str]:
     seq = [rng.choice(names)]
     while len(seq) < length:
@@ -265,13 +306,18 @@ def sentence(entry: SpecEntry, arguments: dict[str, Any]) -> str:
     return f"{what} ({parts})"
 
 
+def turn_split(calls: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The gold calls by user turn: with three or more, the last is a turn of its own."""
+    calls = list(calls)
+    return [calls[:-1], calls[-1:]] if len(calls) >= 3 else [calls]
+
+
 def intent(tools: DomainTools, calls: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
     """The user's first message and later turns for a gold call sequence."""
-    lines = [sentence(tools.entries[c["name"]], c["arguments"]) for c in calls]
-    later: list[str] = []
-    if len(lines) >= 3:
-        later = [f"One more thing: please also {lines[-1]}."]
-        lines = lines[:-1]
+    turns = [[sentence(tools.entries[c["name"]], c["arguments"]) for c in t]
+             for t in turn_split(calls)]
+    lines = turns[0]
+    later = [f"One more thing: please also {t[0]}." for t in turns[1:]]
     if len(lines) == 1:
         first = f"Please {lines[0]}."
     else:

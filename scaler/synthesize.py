@@ -23,8 +23,12 @@ from typing import Any
 
 from engine.policy.base import Policy
 from scaler.graph import describe, domains, tool_graph
-from scaler.implement import ImplementationRejected, Made, known_implementation
-from scaler.implement import write_implementation
+from scaler.implement import (
+    ImplementationRejected,
+    Made,
+    known_implementation,
+    write_implementation,
+)
 from scaler.sampling import (
     DomainTools,
     GoldSequenceError,
@@ -33,6 +37,7 @@ from scaler.sampling import (
     sample_arguments,
     sample_tasks,
     seed_state,
+    task_line,
 )
 from scaler.specs import SpecEntry, load_specs
 from tools.stateful.implementations import build_implementation
@@ -177,8 +182,7 @@ async def synthesize(specs: str | Path, out: str | Path, *, seed: int = 0,
         doc = {"name": name, "state": "json",
                "tools": [{"spec": entries[n].spec, "impl": made[n].impl} for n in sorted(made)]}
         (out / "domains" / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-        lines = [json.dumps({"id": t.id, "prompt": t.prompt, "answer": t.ground_truth,
-                             "metadata": t.metadata}) for t in tasks]
+        lines = [json.dumps(task_line(t)) for t in tasks]
         (out / "tasks" / f"{name}.jsonl").write_text("".join(x + "\n" for x in lines))
         report.domains.append(DomainReport(name, sorted(made), sorted(dropped), len(tasks),
                                            sampled.rejected))

@@ -93,7 +93,7 @@ def load_domain(domain: str | Path | dict[str, Any]) -> Domain:
         fn = spec.get("function") if isinstance(spec, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise ConfigError(f"{where}, tool {i}", "spec is not an OpenAI function spec",
-                              '{"type": "function", "function": {"name": ..., "parameters": {...}}}')
+                              '{"type": "function", "function": {"name": ..., ...}}')
         tool = fn["name"]
         params = fn.get("parameters") or {"type": "object", "properties": {}}
         validator = check_schema(f"{where}, tool {tool}", params)
