@@ -39,9 +39,11 @@ from scaler.specs import SpecEntry
 
 PARAM_WEIGHT = 0.75
 TEXT_WEIGHT = 0.25
-STOP = frozenset(
-    ["a", "an", "the", "of", "to", "for", "in", "on", "at", "by", "with", "and", "or", "is", "are", "be", "this", "that", "it", "its", "as", "from", "given", "one", "all", "any", "their", "them", "which", "who", "whose"]
-)
+STOP = frozenset({
+    "a", "an", "the", "of", "to", "for", "in", "on", "at", "by", "with", "and", "or", "is",
+    "are", "be", "this", "that", "it", "its", "as", "from", "given", "one", "all", "any",
+    "their", "them", "which", "who", "whose",
+})
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _WORD = re.compile(r"[a-z0-9]+")
 
