@@ -152,6 +152,8 @@ class RemoteEnvironment:
             if type(exc) is InfraError:  # the environment's own fault, not the worker's
                 raise RuntimeError(str(exc)) from exc
             raise
+        if isinstance(data.get("tools"), list):  # a reset may change the tools
+            self._tools = list(data["tools"])
         return Observation.from_dict(data)
 
     async def step(self, call: ToolCall) -> Observation:

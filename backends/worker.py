@@ -6,7 +6,7 @@ Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
 
     GET    /health                 liveness, slots, free slots, draining
     POST   /envs        {spec}     build a registered environment → {env_id, tools, respond}
-    POST   /envs/{id}/reset {task_view}   → observation
+    POST   /envs/{id}/reset {task_view}   → observation + the tools after the reset
     POST   /envs/{id}/step  {tool_call}   → observation (tool errors are observations)
     POST   /envs/{id}/respond {reply}     → {observation | null, tools} (the user's turn;
                                             only where the ``POST /envs`` answer said respond)
@@ -162,7 +162,8 @@ class WorkerServer:
             return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
         except Exception as exc:
             return _error(500, f"reset raised {type(exc).__name__}: {exc}")
-        return web.json_response(obs.to_dict())
+        # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
+        return web.json_response({**obs.to_dict(), "tools": hosted.env.tools})
 
     async def step(self, request: web.Request) -> web.Response:
         hosted = self._get(request)

@@ -233,7 +233,7 @@ async def _runs(args: argparse.Namespace) -> int:
 COMMANDS = {"run": _run, "resume": _resume, "report": _report, "export": _export, "runs": _runs}
 
 
-EVALS = {"gaia": "gaia.cli:main"}
+EVALS = {"gaia": "gaia.cli:main", "bfcl": "bfcl.cli:main"}
 """Benchmarks ``python -m engine eval NAME …`` hands over to, loaded by name."""
 
 
