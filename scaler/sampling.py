@@ -298,7 +298,7 @@ def _walk(graph: nx.Graph, names: list[str], length: int, rng: random.Random) ->
 
 
 def sentence(entry: SpecEntry, arguments: dict[str, Any]) -> str:
-    what = entry.spec["function"]["description"].split(". ")[0].rstrip(".")
+    what = str(entry.spec["function"]["description"]).split(". ")[0].rstrip(".")
     what = what[:1].lower() + what[1:]
     if not arguments:
         return what

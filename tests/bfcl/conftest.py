@@ -4,7 +4,9 @@ DRILLYARD_REQUIRE_BFCL=1 (CI), where a missing package is a failure."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,3 +25,25 @@ def bfcl_installed(tmp_path_factory: pytest.TempPathFactory,
     root: Path = tmp_path_factory.getbasetemp() / "bfcl-root"
     monkeypatch.setenv("DRILLYARD_BFCL_ROOT", str(root))  # BFCL's result/lock folders
     yield
+
+
+@pytest.fixture(scope="module")
+def long_vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[object]:
+    """A real vLLM server (CPU) for the tiny model with a 16k-token context: BFCL's
+    function docs alone are 6-14k tokens in the tiny model's 1000-token vocabulary,
+    over the session server's 2048. The same random weights, with the config's
+    ``max_position_embeddings`` raised (rotary positions need no weights)."""
+    from tests.support.vllm_server import VLLMServer, vllm_available
+
+    if not vllm_available():
+        if os.environ.get("DRILLYARD_REQUIRE_VLLM") == "1":
+            pytest.fail("vllm is not installed but DRILLYARD_REQUIRE_VLLM=1")
+        pytest.skip("vllm not installed: pip install -e '.[vllm]'")
+    model = tmp_path_factory.mktemp("tiny-16k") / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = 16384
+    (model / "config.json").write_text(json.dumps(config))
+    with VLLMServer(model, extra_args=["--max-model-len", "16384"]) as server:
+        yield server

@@ -70,7 +70,8 @@ class JsonState:
         self.data = canonical(document)
 
     def snapshot(self) -> Snapshot:
-        return canonical(self.data)
+        copy_: Snapshot = canonical(self.data)
+        return copy_
 
     def close(self) -> None:
         self.data = {}
