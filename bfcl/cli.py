@@ -11,16 +11,14 @@ one category at a time (see `bfcl.agent.replay_policy`).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from pathlib import Path
 
 from bfcl.agent import bfcl_agent, replay_policy
 from bfcl.loader import load_bfcl
 from bfcl.package import CATEGORIES
 from engine.api import Engine, Run
-from engine.cli import console, parse_ks, print_report
-from engine.errors import ConfigError, DrillyardError
+from engine.cli import close_policy, console, parse_ks, print_report, run_command
+from engine.errors import ConfigError
 from engine.policy.base import Policy, SamplingParams
 from engine.policy.openai import OpenAIPolicy
 
@@ -73,9 +71,7 @@ async def run(args: argparse.Namespace) -> int:
                                              samples=args.samples,
                                              metadata={"bfcl": {"categories": cats}}))
             finally:
-                close = getattr(policy, "aclose", None)
-                if close is not None:
-                    await close()
+                await close_policy(policy)
         for r in runs:
             await print_report(r, ks, by=["category"])
     console.print(f"store: {args.store} (runs {' '.join(r.id for r in runs)})")
@@ -83,12 +79,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(run(args))
-    except DrillyardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -14,22 +14,17 @@ instances; they are removed afterwards.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bfcl import package
 from engine.tasks import Task
+from tools.stateful.scoring import json_object
 
 
 def decoded_turns(answer: str | None) -> list[list[list[str]]] | None:
     """The per-turn, per-step call strings of an answer, or None when it is not one."""
-    if not answer:
-        return None
-    try:
-        data = json.loads(answer)
-    except ValueError:
-        return None
-    turns = data.get("turns") if isinstance(data, dict) else None
+    data = json_object(answer)
+    turns = data.get("turns") if data is not None else None
     if not isinstance(turns, list):
         return None
     return turns

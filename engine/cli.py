@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ async def _run(args: argparse.Namespace) -> int:
                 order=cfg.order,
             )
         finally:
-            await _close_policy(agent.policy)
+            await close_policy(agent.policy)
         await print_report(
             run, cfg.ks, by=["level"] if any("level" in t.metadata for t in tasks) else []
         )
@@ -176,7 +177,8 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _close_policy(policy: Any) -> None:
+async def close_policy(policy: Any) -> None:
+    """Close a policy that holds a session (``aclose``); others need nothing."""
     close = getattr(policy, "aclose", None)
     if close is not None:
         await close()
@@ -199,7 +201,7 @@ async def _resume(args: argparse.Namespace) -> int:
         try:
             run = await engine.resume(args.run_id, agent)
         finally:
-            await _close_policy(agent.policy)
+            await close_policy(agent.policy)
         usable = [k for k in args.k if k <= cfg.get("samples", 1)]
         await print_report(run, usable or [1], by=[])
     return 0
@@ -258,8 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    return run_command(COMMANDS[args.command](args))
+
+
+def run_command(command: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine to its exit code: a `DrillyardError` is printed
+    (exit 2), Ctrl-C says how to finish the run (exit 130)."""
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return asyncio.run(command)
     except DrillyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

