@@ -5,9 +5,11 @@
 Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
 
     GET    /health                 liveness, slots, free slots, draining
-    POST   /envs        {spec}     build a registered environment → {env_id, tools}
-    POST   /envs/{id}/reset {task_view}   → observation
+    POST   /envs        {spec}     build a registered environment → {env_id, tools, respond}
+    POST   /envs/{id}/reset {task_view}   → observation + the tools after the reset
     POST   /envs/{id}/step  {tool_call}   → observation (tool errors are observations)
+    POST   /envs/{id}/respond {reply}     → {observation | null, tools} (the user's turn;
+                                            only where the ``POST /envs`` answer said respond)
     DELETE /envs/{id}              close it and free its slot
 
 A request without the engine's per-run token gets 401 and runs nothing. When
@@ -39,12 +41,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
 from engine.backend import build_environment
-from engine.environment import Environment, EnvSpec, Observation, ToolCall
+from engine.environment import (
+    Environment,
+    EnvSpec,
+    Observation,
+    Responsive,
+    ToolCall,
+    responds,
+)
 from engine.errors import ConfigError
 from engine.rollout import ENVIRONMENT_FAULTS
 from engine.tasks import TaskView
@@ -85,6 +94,7 @@ class WorkerServer:
             web.post("/envs", self.create),
             web.post("/envs/{env_id}/reset", self.reset),
             web.post("/envs/{env_id}/step", self.step),
+            web.post("/envs/{env_id}/respond", self.respond),
             web.delete("/envs/{env_id}", self.delete),
         ])
 
@@ -135,7 +145,7 @@ class WorkerServer:
         env_id = secrets.token_hex(8)
         self.envs[env_id] = _Hosted(env, spec)
         self._empty.clear()
-        return web.json_response({"env_id": env_id, "tools": tools})
+        return web.json_response({"env_id": env_id, "tools": tools, "respond": responds(env)})
 
     async def reset(self, request: web.Request) -> web.Response:
         hosted = self._get(request)
@@ -152,7 +162,8 @@ class WorkerServer:
             return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
         except Exception as exc:
             return _error(500, f"reset raised {type(exc).__name__}: {exc}")
-        return web.json_response(obs.to_dict())
+        # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
+        return web.json_response({**obs.to_dict(), "tools": hosted.env.tools})
 
     async def step(self, request: web.Request) -> web.Response:
         hosted = self._get(request)
@@ -172,6 +183,28 @@ class WorkerServer:
         except Exception as exc:  # the tool's fault: the agent sees it
             obs = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")
         return web.json_response(obs.to_dict())
+
+    async def respond(self, request: web.Request) -> web.Response:
+        hosted = self._get(request)
+        body = await _json(request)
+        reply = body.get("reply")
+        if reply is not None and not isinstance(reply, str):
+            return _error(400, 'body must be {"reply": str | null}')
+        if not responds(hosted.env):
+            return _error(400, f"environment '{hosted.spec.name}' has no respond")
+        env = cast(Responsive, hosted.env)
+        try:
+            obs = await asyncio.wait_for(env.respond(reply), self.call_timeout)
+        except TimeoutError:
+            return _error(504, f"respond did not finish within {self.call_timeout}s")
+        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
+            return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            return _error(500, f"respond raised {type(exc).__name__}: {exc}")
+        if obs is not None and not isinstance(obs, Observation):
+            return _error(500, f"respond returned {type(obs).__name__}, not an Observation")
+        return web.json_response({"observation": None if obs is None else obs.to_dict(),
+                                  "tools": hosted.env.tools})
 
     async def delete(self, request: web.Request) -> web.Response:
         env_id = request.match_info["env_id"]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +223,7 @@ async def _run(args: argparse.Namespace) -> int:
                 order=cfg.order,
             )
         finally:
-            await _close_policy(agent.policy)
+            await close_policy(agent.policy)
         await print_report(
             run, cfg.ks, by=["level"] if any("level" in t.metadata for t in tasks) else []
         )
@@ -230,7 +231,8 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _close_policy(policy: Any) -> None:
+async def close_policy(policy: Any) -> None:
+    """Close a policy that holds a session (``aclose``); others need nothing."""
     close = getattr(policy, "aclose", None)
     if close is not None:
         await close()
@@ -253,7 +255,7 @@ async def _resume(args: argparse.Namespace) -> int:
         try:
             run = await engine.resume(args.run_id, agent)
         finally:
-            await _close_policy(agent.policy)
+            await close_policy(agent.policy)
         usable = [k for k in args.k if k <= cfg.get("samples", 1)]
         await print_report(run, usable or [1], by=[])
     return 0
@@ -332,7 +334,7 @@ COMMANDS = {
 }
 
 
-EVALS = {"gaia": "gaia.cli:main"}
+EVALS = {"gaia": "gaia.cli:main", "bfcl": "bfcl.cli:main"}
 """Benchmarks ``python -m engine eval NAME …`` hands over to, loaded by name."""
 
 SERVICES = {"serve-rollouts": "engine.integrations.rollout_server:main"}
@@ -363,13 +365,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    return run_command(COMMANDS[args.command](args), stops_cleanly=args.command == "view")
+
+
+def run_command(command: Coroutine[Any, Any, int], *, stops_cleanly: bool = False) -> int:
+    """Run a command's coroutine to its exit code: a `DrillyardError` is printed
+    (exit 2), Ctrl-C says how to finish the run (exit 130), or ends a service
+    that ``stops_cleanly`` (exit 0)."""
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return asyncio.run(command)
     except DrillyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command == "view":
+        if stops_cleanly:
             return 0
         print(
             "interrupted: recorded work is in the store; finish it with `python -m engine resume`",

@@ -13,7 +13,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
@@ -47,6 +47,7 @@ Scorer = Callable[[Task, str | None], "float | bool | Awaitable[float | bool]"]
 
 
 S = RolloutState
+_T = TypeVar("_T")
 RETRYABLE = (InfraError, OSError, aiohttp.ClientError, TimeoutError)
 # what an environment's step may raise to say "I am gone" (retried) rather than
 # "this tool call failed" (an observation): a FileNotFoundError is the agent's
@@ -228,10 +229,19 @@ class Rollout(Recorder):
             messages.append(reply.assistant_message())
             text_tool = self.agent.text_tool
             if not reply.tool_calls and text_tool is None:
-                answer = self.agent.answer_from(reply.content)
-                if answer is None:
-                    raise _AgentFailed("the final reply holds no answer")
-                return answer
+                user = await self._user_turn(env, reply.content)
+                if user is None:  # no (more) user turns: the reply is the final answer
+                    answer = self.agent.answer_from(reply.content)
+                    if answer is None:
+                        raise _AgentFailed("the final reply holds no answer")
+                    return answer
+                if user.done:
+                    if user.answer is None:
+                        raise _AgentFailed("the environment ended the episode with no answer")
+                    return user.answer
+                messages.append({"role": "user", "content": user.content})
+                tools = env.tools  # a user turn may offer new tools
+                continue
             self.transition(S.ACTING)
             if not reply.tool_calls:  # a text action: the plain reply goes to the text tool
                 assert text_tool is not None
@@ -259,7 +269,22 @@ class Rollout(Recorder):
                     return result.answer
         raise _AgentFailed(f"turn limit of {self.agent.max_turns} reached without an answer")
 
-    async def _bounded(self, awaitable: Awaitable[Observation], what: str) -> Observation:
+    async def _user_turn(self, env: Any, reply: str | None) -> Observation | None:
+        """The environment's next user turn after a reply without tool calls
+        (`Environment.respond`, optional); None when it has none."""
+        respond = getattr(env, "respond", None)
+        if respond is None:
+            return None
+        self.transition(S.ACTING)  # the environment (a user) takes its turn
+        obs: Observation | None = await self._bounded(respond(reply), "environment respond")
+        if obs is not None:
+            names = [t["function"]["name"] for t in env.tools]
+            self.emit(
+                Category.OBSERVATION, "env", "agent", "respond", {**obs.to_dict(), "tools": names}
+            )
+        return obs
+
+    async def _bounded(self, awaitable: Awaitable[_T], what: str) -> _T:
         try:
             async with asyncio.timeout(self.limits.step_timeout):
                 return await awaitable

@@ -19,6 +19,7 @@ assistant's.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,11 @@ async def export_sft(
     *,
     threshold: float = 1.0,
     tools: list[ToolSpec] | None = None,
+    rollout_ids: Collection[str] | None = None,
 ) -> int:
-    """Write the run's successful trajectories as swift SFT JSONL; return the count."""
+    """Write the run's successful trajectories as swift SFT JSONL; return the count.
+
+    ``rollout_ids`` keeps only those rollouts (say, the ones a filter kept)."""
     record = await store.run(run_id)
     if tools is None:  # a text-action environment's tool is not the model's to call
         text_actions = bool(_run_setting(record.config, "text_tool"))
@@ -107,6 +111,8 @@ async def export_sft(
     rows = []
     for r in await store.rollouts(run_id, "done"):
         if r.reward is None or r.reward < threshold:
+            continue
+        if rollout_ids is not None and r.id not in rollout_ids:
             continue
         row = await sft_row(store, r, tools, system)
         if row is not None:

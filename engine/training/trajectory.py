@@ -5,8 +5,9 @@ server's replies to swift, SFT export): it starts at the attempt's environment
 reset (an engine retry restarts the episode), and yields each model reply with
 its exact token ids, prompt token ids, logprobs and policy version, followed by
 the observations the environment answered it with. A plain reply that a
-text-action tool answered is followed by a ``user`` observation, a tool call's
-result by a ``tool`` one; replays of earlier actions are not observations.
+text-action tool answered, or that the environment's user answered with a new
+turn (`Environment.respond`), is followed by a ``user`` observation, a tool
+call's result by a ``tool`` one; replays of earlier actions are not observations.
 """
 
 from __future__ import annotations
@@ -121,9 +122,17 @@ class Trajectory:
         return Packed(seq[start:], sampled[start:], closing[start:], lps[start:])
 
 
+def _is(message: Message, category: Category, topic: str) -> bool:
+    return message.category == category and message.topic == topic
+
+
 def trajectory_of(rollout_id: str, messages: list[Message]) -> Trajectory | None:
     """The trajectory of the last attempt that reached an environment reset."""
-    resets = [i for i, m in enumerate(messages) if m.category == Category.OBSERVATION]
+    resets = [
+        i
+        for i, m in enumerate(messages)
+        if m.category == Category.OBSERVATION and m.topic == "reset"
+    ]
     if not resets:
         return None
     start = resets[-1]
@@ -154,6 +163,9 @@ def trajectory_of(rollout_id: str, messages: list[Message]) -> Trajectory | None
         elif m.category == Category.TOOL_RESULT and m.topic != "replay" and turns:
             role = "tool" if turns[-1].tool_calls else "user"
             turns[-1].observations.append({"role": role, "content": str(p.get("content", ""))})
+        elif _is(m, Category.OBSERVATION, "respond") and turns and not p.get("done"):
+            # the environment's user speaks again: a new user turn
+            turns[-1].observations.append({"role": "user", "content": str(p.get("content"))})
     return Trajectory(rollout_id, reset.attempt, task, str(reset.payload.get("content", "")), turns)
 
 
