@@ -15,17 +15,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
-from engine.agent import Agent
+from engine.agent import AnyAgent
 from engine.backend import Backend, EnvFactory
 from engine.environment import EnvSpec
 from engine.recording import RolloutState
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.store import RolloutRecord, TraceStore
 from engine.tasks import Task
+
+if TYPE_CHECKING:
+    from engine.gateway import Gateway
 
 log = structlog.get_logger("drillyard.scheduler")
 
@@ -67,12 +71,13 @@ class Scheduler:
         run_id: str,
         store: TraceStore,
         backend: Backend,
-        agent: Agent,
+        agent: AnyAgent,
         environment: EnvSpec | EnvFactory,
         scorer: Scorer,
         model_limit: asyncio.Semaphore,
         config: SchedulerConfig,
         on_result: Callable[[Rollout, Outcome], None] | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         self.run_id = run_id
         self.store = store
@@ -83,6 +88,7 @@ class Scheduler:
         self.model_limit = model_limit
         self.config = config
         self.on_result = on_result
+        self.gateway = gateway
         self.retries = 0
 
     async def run(self, pending: list[Pending]) -> None:
@@ -117,6 +123,7 @@ class Scheduler:
             limits=self.config.limits,
             next_seq=item.next_seq,
             state=RolloutState(rec.state),
+            gateway=self.gateway,
         )
         if rec.state in _MID_ATTEMPT:
             # the engine died mid-attempt: close that attempt as cancelled first

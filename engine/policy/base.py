@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from engine.environment import ToolCall, ToolSpec
+
+affinity: ContextVar[str | None] = ContextVar("drillyard_policy_affinity", default=None)
+"""The key (a rollout id) a policy may use to keep one rollout's calls on one server."""
+
+
+@contextmanager
+def policy_affinity(key: str | None) -> Iterator[None]:
+    """Within the block, policy calls carry ``key`` as their affinity (see `affinity`)."""
+    token = affinity.set(key)
+    try:
+        yield
+    finally:
+        affinity.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +69,9 @@ class Completion:
     usage: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     policy_version: str | None = None
+    logprobs_content: list[dict[str, Any]] | None = None
+    """The server's ``logprobs.content`` as it sent it (tokens, top logprobs), for
+    the gateway to pass on to an app that asked; not recorded (``logprobs`` is)."""
 
     def assistant_message(self) -> dict[str, Any]:
         """The OpenAI-format assistant message to append to the conversation."""
