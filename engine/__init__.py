@@ -3,9 +3,10 @@ score them, report pass@k, and feed scored groups to GRPO training."""
 
 from __future__ import annotations
 
-from engine.agent import Agent, extract_answer
+from engine.agent import Agent, AppAgent, ModelCall, extract_answer
 from engine.api import Engine, Run
 from engine.backend import Backend, Slot, create_backend
+from engine.context import RolloutContext
 from engine.environment import Environment, EnvSpec, Observation, ToolCall, ToolSpec
 from engine.errors import (
     ConfigError,
@@ -28,6 +29,7 @@ from engine.toolkit import FunctionEnvironment, FunctionTool
 
 __all__ = [
     "Agent",
+    "AppAgent",
     "Backend",
     "Category",
     "Completion",
@@ -41,6 +43,7 @@ __all__ = [
     "FunctionTool",
     "InfraError",
     "Message",
+    "ModelCall",
     "NotRetryable",
     "Observation",
     "OpenAIPolicy",
@@ -48,6 +51,7 @@ __all__ = [
     "PluginNotFound",
     "Policy",
     "PolicyError",
+    "RolloutContext",
     "RolloutRecord",
     "RolloutState",
     "Run",
