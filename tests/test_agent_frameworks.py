@@ -9,13 +9,24 @@ strict tool with its own grammar, which would replace the regex.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 
-from engine import AppAgent, Engine, ModelCall, OpenAIPolicy, Task, TaskView, compute_pass_at_k
+from engine import (
+    AppAgent,
+    Engine,
+    ModelCall,
+    OpenAIPolicy,
+    RolloutRecord,
+    Run,
+    Task,
+    TaskView,
+    compute_pass_at_k,
+)
 from engine.trajectory import TokenTrajectory
 from tests.support.frameworks import require
 
@@ -117,12 +128,29 @@ def check_trajectory(t: TokenTrajectory, replies: list[dict[str, Any]]) -> None:
         assert t.problem == "not_continued" and t.token_ids == []
 
 
-async def pass_at_k_matches_the_store(engine: Engine, run: Any) -> None:
-    groups = await engine.store.rewards_by_group(run.id)
-    expected = compute_pass_at_k(
-        {task: [rw == 1.0 for _, rw in samples] for task, samples in groups.items()}, [1, 2]
-    )
-    assert (await run.pass_at_k([1, 2])).overall == expected.overall
+@asynccontextmanager
+async def run_app(
+    vllm_server: Any,
+    make_engine: Callable[..., Engine],
+    solve: Callable[[TaskView, Any], Any],
+    request_extra: Callable[[ModelCall], dict[str, Any]],
+) -> AsyncIterator[tuple[Run, list[RolloutRecord]]]:
+    """Run the app against the vLLM server on the tasks; every rollout must end
+    ``done``; after the caller's checks, pass@k from the store must match the rewards."""
+    async with OpenAIPolicy(vllm_server.base_url, vllm_server.model, timeout=60) as policy:
+        app = AppAgent(solve, policy, request_extra=request_extra)
+        async with make_engine(max_rollouts=4) as engine:
+            run = await engine.run(TASKS, app, environment="arithmetic", samples=2,
+                                   scorer="numeric")  # fmt: skip
+            rollouts = await run.rollouts()
+            assert {r.state for r in rollouts} == {"done"}, [r.error for r in rollouts]
+            yield run, rollouts
+            groups = await engine.store.rewards_by_group(run.id)
+            expected = compute_pass_at_k(
+                {task: [rw == 1.0 for _, rw in samples] for task, samples in groups.items()},
+                [1, 2],
+            )
+            assert (await run.pass_at_k([1, 2])).overall == expected.overall
 
 
 async def test_openai_agents_with_a_handoff(
@@ -130,73 +158,63 @@ async def test_openai_agents_with_a_handoff(
 ) -> None:
     require("agents")
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")  # no trace export off the machine
-    async with OpenAIPolicy(vllm_server.base_url, vllm_server.model, timeout=60) as policy:
-        agent = AppAgent(openai_agents_solve, policy, request_extra=handoff_then_calculator)
-        async with make_engine(max_rollouts=4) as engine:
-            run = await engine.run(TASKS, agent, environment="arithmetic", samples=2,
-                                   scorer="numeric")  # fmt: skip
-            rollouts = await run.rollouts()
-            assert {r.state for r in rollouts} == {"done"}, [r.error for r in rollouts]
-            for r in rollouts:
-                msgs = await run.messages(r.id)
-                talk = [(m.sender, m.receiver, str(m.category)) for m in msgs
-                        if m.category in ("model_request", "model_reply", "tool_call")]  # fmt: skip
-                assert talk == [
-                    ("triage", "policy", "model_request"),
-                    ("policy", "triage", "model_reply"),  # the handoff
-                    ("math", "policy", "model_request"),
-                    ("policy", "math", "model_reply"),
-                    ("math", "env", "tool_call"),
-                    ("math", "policy", "model_request"),
-                    ("policy", "math", "model_reply"),
-                ]
-                replies = [m.payload for m in msgs if m.category == "model_reply"]
-                assert replies[0]["tool_calls"][0]["name"] == "transfer_to_math"
-                assert replies[1]["tool_calls"][0]["name"] == "calculator"
-                call = next(m.payload for m in msgs if m.category == "tool_call")
-                assert call["id"] == replies[1]["tool_calls"][0]["id"]
-                result = next(m.payload for m in msgs if m.category == "tool_result")
-                assert result["content"] in ("5", "20") and not result["is_error"]
-                assert r.answer == replies[2]["content"] and r.answer in ("5", "20")
-                truth = next(t.ground_truth for t in TASKS if t.id == r.task_id)
-                assert r.reward == (1.0 if r.answer == truth else 0.0)
-                for reply in replies:  # asked for on the app's behalf
-                    assert reply["token_ids"] and reply["prompt_token_ids"]
-                    assert len(reply["logprobs"]) == len(reply["token_ids"])
-                trajectories = {t.agent: t for t in await run.token_trajectories(r.id)}
-                assert set(trajectories) == {"triage", "math"}
-                assert trajectories["triage"].trainable  # one call: its own trajectory
-                check_trajectory(trajectories["math"], replies[1:])
-            await pass_at_k_matches_the_store(engine, run)
+    async with run_app(
+        vllm_server, make_engine, openai_agents_solve, handoff_then_calculator
+    ) as (run, rollouts):
+        for r in rollouts:
+            msgs = await run.messages(r.id)
+            talk = [(m.sender, m.receiver, str(m.category)) for m in msgs
+                    if m.category in ("model_request", "model_reply", "tool_call")]  # fmt: skip
+            assert talk == [
+                ("triage", "policy", "model_request"),
+                ("policy", "triage", "model_reply"),  # the handoff
+                ("math", "policy", "model_request"),
+                ("policy", "math", "model_reply"),
+                ("math", "env", "tool_call"),
+                ("math", "policy", "model_request"),
+                ("policy", "math", "model_reply"),
+            ]
+            replies = [m.payload for m in msgs if m.category == "model_reply"]
+            assert replies[0]["tool_calls"][0]["name"] == "transfer_to_math"
+            assert replies[1]["tool_calls"][0]["name"] == "calculator"
+            call = next(m.payload for m in msgs if m.category == "tool_call")
+            assert call["id"] == replies[1]["tool_calls"][0]["id"]
+            result = next(m.payload for m in msgs if m.category == "tool_result")
+            assert result["content"] in ("5", "20") and not result["is_error"]
+            assert r.answer == replies[2]["content"] and r.answer in ("5", "20")
+            truth = next(t.ground_truth for t in TASKS if t.id == r.task_id)
+            assert r.reward == (1.0 if r.answer == truth else 0.0)
+            for reply in replies:  # asked for on the app's behalf
+                assert reply["token_ids"] and reply["prompt_token_ids"]
+                assert len(reply["logprobs"]) == len(reply["token_ids"])
+            trajectories = {t.agent: t for t in await run.token_trajectories(r.id)}
+            assert set(trajectories) == {"triage", "math"}
+            assert trajectories["triage"].trainable  # one call: its own trajectory
+            check_trajectory(trajectories["math"], replies[1:])
 
 
 async def test_smolagents_tool_calling_agent(
     vllm_server: Any, make_engine: Callable[..., Engine]
 ) -> None:
     require("smolagents")
-    async with OpenAIPolicy(vllm_server.base_url, vllm_server.model, timeout=60) as policy:
-        agent = AppAgent(smolagents_solve, policy, request_extra=calculator_then_final_answer)
-        async with make_engine(max_rollouts=4) as engine:
-            run = await engine.run(TASKS, agent, environment="arithmetic", samples=2,
-                                   scorer="numeric")  # fmt: skip
-            rollouts = await run.rollouts()
-            assert {r.state for r in rollouts} == {"done"}, [r.error for r in rollouts]
-            for r in rollouts:
-                msgs = await run.messages(r.id)
-                replies = [m.payload for m in msgs if m.category == "model_reply"]
-                assert [c["name"] for rep in replies for c in rep["tool_calls"]] == [
-                    "calculator", "final_answer",
-                ]  # fmt: skip
-                call = next(m.payload for m in msgs if m.category == "tool_call")
-                assert call["id"] == replies[0]["tool_calls"][0]["id"]
-                result = next(m.payload for m in msgs if m.category == "tool_result")
-                assert result["content"] in ("5", "20")
-                assert r.answer in ("5", "20") and f'"{r.answer}"' in replies[1]["tool_calls"][0][
-                    "arguments"
-                ]
-                (t,) = await run.token_trajectories(r.id)
-                check_trajectory(t, replies)
-            await pass_at_k_matches_the_store(engine, run)
+    async with run_app(
+        vllm_server, make_engine, smolagents_solve, calculator_then_final_answer
+    ) as (run, rollouts):
+        for r in rollouts:
+            msgs = await run.messages(r.id)
+            replies = [m.payload for m in msgs if m.category == "model_reply"]
+            assert [c["name"] for rep in replies for c in rep["tool_calls"]] == [
+                "calculator", "final_answer",
+            ]  # fmt: skip
+            call = next(m.payload for m in msgs if m.category == "tool_call")
+            assert call["id"] == replies[0]["tool_calls"][0]["id"]
+            result = next(m.payload for m in msgs if m.category == "tool_result")
+            assert result["content"] in ("5", "20")
+            assert r.answer in ("5", "20") and f'"{r.answer}"' in replies[1]["tool_calls"][0][
+                "arguments"
+            ]
+            (t,) = await run.token_trajectories(r.id)
+            check_trajectory(t, replies)
 
 
 async def test_the_app_gets_only_what_it_asked_for(

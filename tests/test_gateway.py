@@ -30,8 +30,8 @@ from engine import (
 )
 from engine.config import agent_from_description
 from engine.envs.arithmetic import ArithmeticEnvironment, arithmetic_tasks
-from engine.trajectory import export_token_rows
 from engine.training.sft import export_sft
+from engine.trajectory import export_token_rows
 from tests.support.chat_server import ChatServer, reply
 from tests.support.frameworks import chat_loop, require
 from tests.support.scripted import calculator_then_answer
@@ -464,7 +464,8 @@ async def test_an_agents_calls_form_one_token_exact_trajectory(
                      "name": "calculator", "arguments": '{"expression": "2+3"}'}}]},
                  {"role": "tool", "content": "5"}]  # fmt: skip
         assert text == render(final) + "5</>"
-        generated = "".join(chr(i) for i, keep in zip(t.token_ids, t.loss_mask, strict=True) if keep)
+        pairs = zip(t.token_ids, t.loss_mask, strict=True)
+        generated = "".join(chr(i) for i, keep in pairs if keep)
         assert generated == 'CALL calculator {"expression": "2+3"}</>5</>'
         assert t.logprobs is not None and len(t.logprobs) == len(t.token_ids)
         assert {lp for lp, keep in zip(t.logprobs, t.loss_mask, strict=True) if keep} == {-0.5}
