@@ -588,3 +588,80 @@ async def test_the_built_in_loop_lets_the_environment_respond(make_engine: Engin
     assert r.state == "done" and r.answer == "15" and r.turns == 4
     said = [m.payload["content"] for m in msgs if m.topic == "respond"]
     assert said == ["Now multiply it by 3.", "thanks"]
+
+
+async def test_the_app_sees_the_task_tools_and_workspace(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    from tools._toolbox import FunctionToolbox, ToolboxEnvironment
+
+    def shout(text: str) -> str:
+        """Upper-case a text."""
+        return text.upper()
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the code is 7431")
+    seen: dict[str, Any] = {}
+
+    async def reads(task: TaskView, ctx: Any) -> str | None:
+        assert ctx.workspace is not None
+        files = sorted(p.name for p in ctx.workspace.iterdir())
+        tools = [t["function"]["name"] for t in ctx.tools]
+        seen.update(task=task.id, tools=tools, observation=ctx.observation, files=files)
+        text = (ctx.workspace / "notes.txt").read_text()
+        return (await ctx.call_tool("shout", {"text": text})).split()[-1]
+
+    def env() -> ToolboxEnvironment:
+        return ToolboxEnvironment([FunctionToolbox([shout])])
+
+    async with make_engine() as engine:
+        run = await engine.run(
+            [Task("t", "What is the code?", "7431", attachments=(str(notes),))], reads,
+            policy=calculator_then_answer(), environment=env, scorer="exact",
+        )  # fmt: skip
+        (r,) = await run.rollouts()
+    assert r.state == "done" and r.reward == 1.0, r.error
+    assert seen["task"] == "t" and seen["tools"] == ["shout"] and seen["files"] == ["notes.txt"]
+    assert seen["observation"].startswith("What is the code?")
+    assert "notes.txt" in seen["observation"]
+
+
+async def test_the_engines_limits_hold_for_an_apps_calls(make_engine: EngineFactory) -> None:
+    live = {"now": 0, "max": 0, "hang": True}
+    release = anyio.Event()
+
+    async def handler(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
+        live["now"] += 1
+        live["max"] = max(live["max"], live["now"])
+        try:
+            if live["now"] == 2 and not release.is_set():
+                await anyio.wait_all_tasks_blocked()  # every other call has come as far as it can
+                release.set()
+            await release.wait()
+            return calculator_then_answer().handler(messages, tools)
+        finally:
+            live["now"] -= 1
+
+    async with make_engine(max_model_requests=2, max_rollouts=8) as engine:
+        run = await engine.run(
+            arithmetic_tasks(4), solve, policy=ScriptedPolicy(handler),
+            environment="arithmetic", samples=2, scorer="arithmetic",
+        )  # fmt: skip
+        assert await run.counts() == {"done": 8}
+    assert live["max"] == 2  # however many rollouts want the model, two calls at a time
+
+    async def hangs(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
+        if live["hang"]:
+            live["hang"] = False
+            await anyio.sleep_forever()  # cut at the step deadline
+        return calculator_then_answer().handler(messages, tools)
+
+    async with make_engine(step_timeout=0.2) as engine:
+        run = await engine.run(
+            [Task("t", "What is 2+3?", "5")], solve, policy=ScriptedPolicy(hangs),
+            environment="arithmetic", scorer="numeric",
+        )  # fmt: skip
+        (r,) = await run.rollouts()
+        attempts = await engine.store.attempts(r.id)
+    assert [a.state for a in attempts] == ["error", "done"]
+    assert attempts[0].error == "InfraError: model call took longer than 0.2s"
