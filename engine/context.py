@@ -149,7 +149,11 @@ class RolloutContext:
         self._rollout.turns += 1
         params = params or SamplingParams()
         if extra is not None:
-            params = replace(params, extra={**params.extra, **extra(turn)})
+            try:
+                params = replace(params, extra={**params.extra, **extra(turn)})
+            except Exception as exc:  # the engine's configuration, not the agent's fault
+                self.fail(exc)
+                raise
         if self._rollout.state is not S.GENERATING:
             self._rollout.transition(S.GENERATING)
         payload = {"turn": turn, "agent": agent, "n": n, "seed": params.seed, **(request or {})}

@@ -218,7 +218,8 @@ class Gateway(AsyncResource):
                 )  # fmt: skip
             except AttemptOver as exc:
                 return _error(410, str(exc), "attempt_over")
-            except Exception as exc:  # kept on the context as the attempt's cause
+            except Exception as exc:
+                ctx.fail(exc)  # the attempt's cause (kept already when it was the model's)
                 return _error(
                     502,
                     f"the model call failed and the rollout attempt ends (it is run again"

@@ -665,3 +665,24 @@ async def test_the_engines_limits_hold_for_an_apps_calls(make_engine: EngineFact
         attempts = await engine.store.attempts(r.id)
     assert [a.state for a in attempts] == ["error", "done"]
     assert attempts[0].error == "InfraError: model call took longer than 0.2s"
+
+
+async def test_every_model_call_carries_its_rollout_as_policy_affinity(
+    make_engine: EngineFactory,
+) -> None:
+    from engine import Agent
+    from engine.policy.base import affinity
+
+    keys: list[str | None] = []
+
+    def handler(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
+        keys.append(affinity.get())  # what a multi-server policy keys its sticky choice on
+        return calculator_then_answer().handler(messages, tools)
+
+    task = [Task("t", "What is 1+1?", "2")]
+    async with make_engine() as engine:
+        app = await engine.run(task, solve, policy=ScriptedPolicy(handler),
+                               environment="arithmetic")  # fmt: skip
+        built_in = await engine.run(task, Agent(ScriptedPolicy(handler)), environment="arithmetic")
+        ids = [(await run.rollouts())[0].id for run in (app, built_in)]
+    assert keys == [ids[0], ids[0], ids[1], ids[1]]
