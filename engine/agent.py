@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from engine.environment import ToolSpec
 from engine.errors import ConfigError
+from engine.loop import builtin_loop
 from engine.policy.base import Policy, SamplingParams
 from engine.tasks import TaskView
 
@@ -98,8 +99,6 @@ class Agent:
 
     async def solve(self, task: TaskView, ctx: RolloutContext) -> str:
         """Run the built-in loop (`engine.loop.builtin_loop`) to an answer."""
-        from engine.loop import builtin_loop
-
         return await builtin_loop(self, task, ctx)
 
     def describe(self) -> dict[str, Any]:
