@@ -294,6 +294,16 @@ def _slots(text: str) -> list[int]:
     return slots
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"wants numbers like 1,256: {exc}") from exc
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("wants one or more counts >= 1, e.g. 1,256")
+    return counts
+
+
 def _json_object(text: str) -> dict[str, Any]:
     value = json.loads(text)
     if not isinstance(value, dict):
@@ -463,10 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gw = p.add_argument_group("--gateway")
     gw.add_argument("--gateway-rollouts", type=int, default=256,
-                    help="rollouts of the workload, run one at a time then --gateway-in-flight"
-                         " at once (256)")  # fmt: skip
-    gw.add_argument("--gateway-in-flight", type=int, default=256,
-                    help="rollouts in flight in the concurrent run (256)")  # fmt: skip
+                    help="rollouts of the workload (256)")  # fmt: skip
+    gw.add_argument("--gateway-in-flight", type=_counts, default=[1, 256],
+                    help="rollouts in flight, one run per count (1,256)")  # fmt: skip
     gw.add_argument("--gateway-calls", type=int, default=8,
                     help="model calls per rollout (8)")  # fmt: skip
     gw.add_argument("--gateway-latency", type=float, default=0.0,

@@ -148,7 +148,7 @@ def test_scale_and_ingest_modes_run(tmp_path: Path) -> None:
 
 
 def test_gateway_mode_compares_every_way_to_the_model(tmp_path: Path) -> None:
-    main(["--gateway", "--gateway-rollouts", "6", "--gateway-in-flight", "3",
+    main(["--gateway", "--gateway-rollouts", "6", "--gateway-in-flight", "1,3",
           "--gateway-calls", "2", "--out", str(tmp_path)])  # fmt: skip
     result = json.loads((tmp_path / "gateway.json").read_text())
     rows = {(r["mode"], r["in_flight"]): r for r in result["rows"]}

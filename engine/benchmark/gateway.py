@@ -12,8 +12,8 @@ the app reaching the policy four ways:
     openai      the gateway through openai-python's AsyncOpenAI (what apps use), one
                 per rollout over one shared HTTP pool
 
-``rollouts`` rollouts of ``calls`` calls each, first one rollout at a time,
-then ``in_flight`` at once. Each call's
+``rollouts`` rollouts of ``calls`` calls each, at each count of rollouts in
+flight (one at a time, then 256 at once, by default). Each call's
 latency is timed in the app; CPU is the process's (the app's client runs in
 the engine's process, as it does for a real app, so it is counted). The
 gateway's cost is each mode minus ``direct``, within one run.
@@ -282,11 +282,11 @@ def with_added(rows: list[GatewayRow]) -> list[GatewayRow]:
 
 
 async def run_gateway_bench(
-    *, rollouts: int, in_flight: int, calls: int, latency: float, work: Path,
+    *, rollouts: int, in_flight: list[int], calls: int, latency: float, work: Path,
     modes: tuple[str, ...] = MODES, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
     rows: list[GatewayRow] = []
-    for concurrency in (1, in_flight):
+    for concurrency in in_flight:
         for mode in modes:
             if mode == "openai":
                 try:
