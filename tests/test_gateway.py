@@ -686,3 +686,42 @@ async def test_every_model_call_carries_its_rollout_as_policy_affinity(
         built_in = await engine.run(task, Agent(ScriptedPolicy(handler)), environment="arithmetic")
         ids = [(await run.rollouts())[0].id for run in (app, built_in)]
     assert keys == [ids[0], ids[0], ids[1], ids[1]]
+
+
+async def test_a_manager_runs_its_workers_at_once(make_engine: EngineFactory) -> None:
+    async def manager(task: TaskView, ctx: Any) -> str | None:
+        async def worker(name: str, expression: str) -> str:
+            async with client_for(ctx, name) as client:
+                out = await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": f"What is {expression}?"}],
+                    tools=ctx.tools,
+                )  # fmt: skip
+                call = out.choices[0].message.tool_calls[0]
+                return await ctx.call_tool(call.function.name, call.function.arguments)
+
+        async with anyio.create_task_group() as tg:
+            results: dict[str, str] = {}
+
+            async def run(name: str, expression: str) -> None:
+                results[name] = await worker(name, expression)
+
+            tg.start_soon(run, "left", "2*3")
+            tg.start_soon(run, "right", "4*5")
+        return str(int(results["left"]) + int(results["right"]))
+
+    async with make_engine() as engine:
+        run = await engine.run(
+            [Task("t", "What is 2*3 + 4*5?", "26")], manager, policy=calculator_then_answer(),
+            environment="arithmetic", scorer="numeric",
+        )  # fmt: skip
+        (r,) = await run.rollouts()
+        msgs = await run.messages(r.id)
+    assert r.state == "done" and r.reward == 1.0, r.error
+    assert [m.seq for m in msgs] == list(range(len(msgs)))
+    by_agent: dict[str, list[str]] = {}
+    for m in msgs:
+        if m.category in ("model_request", "model_reply", "tool_call", "tool_result"):
+            agent = m.sender if m.category in ("model_request", "tool_call") else m.receiver
+            by_agent.setdefault(agent, []).append(str(m.category))
+    assert by_agent == {a: ["model_request", "model_reply", "tool_call", "tool_result"]
+                        for a in ("left", "right")}  # fmt: skip
