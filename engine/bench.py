@@ -31,6 +31,7 @@ import json
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -284,24 +285,25 @@ async def run_real(args: argparse.Namespace) -> None:
     write_results(args.name, r, md, args.out)
 
 
-def _slots(text: str) -> list[int]:
-    try:
-        slots = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--slots wants numbers like 16,64: {exc}") from exc
-    if not slots or min(slots) < 2:
-        raise argparse.ArgumentTypeError("--slots wants one or more counts >= 2, e.g. 16,64")
-    return slots
+def _counts_of(flag: str, least: int, example: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated counts, each at least ``least``."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            counts = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag} wants numbers like {example}: {exc}") from exc
+        if not counts or min(counts) < least:
+            raise argparse.ArgumentTypeError(
+                f"{flag} wants one or more counts >= {least}, e.g. {example}"
+            )
+        return counts
+
+    return parse
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"wants numbers like 1,256: {exc}") from exc
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("wants one or more counts >= 1, e.g. 1,256")
-    return counts
+_slots = _counts_of("--slots", 2, "16,64")
+_in_flight = _counts_of("--gateway-in-flight", 1, "1,256")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -474,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw = p.add_argument_group("--gateway")
     gw.add_argument("--gateway-rollouts", type=int, default=256,
                     help="rollouts of the workload (256)")  # fmt: skip
-    gw.add_argument("--gateway-in-flight", type=_counts, default=[1, 256],
+    gw.add_argument("--gateway-in-flight", type=_in_flight, default=[1, 256],
                     help="rollouts in flight, one run per count (1,256)")  # fmt: skip
     gw.add_argument("--gateway-calls", type=int, default=8,
                     help="model calls per rollout (8)")  # fmt: skip
