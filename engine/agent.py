@@ -76,6 +76,9 @@ class Agent:
     ``request_extra(turn)`` may add per-turn request fields (for example a
     vLLM ``structured_outputs`` constraint). ``render_task`` turns the task
     view and the environment's first observation into the first user message.
+    ``text_tool`` names a tool that takes a plain reply (one without tool calls)
+    as ``{"text": reply}``, for text-action environments; without it a plain
+    reply is the final answer.
     """
 
     policy: Policy
@@ -86,6 +89,7 @@ class Agent:
     answer_from: Callable[[str | None], str | None] = extract_answer
     render_task: Callable[[TaskView, str], str] | None = None
     name: str = "agent"
+    text_tool: str | None = None
 
     def first_messages(self, task: TaskView, observation: str) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
@@ -112,6 +116,7 @@ class Agent:
             # module-level functions by import name, so `resume` can rebuild them
             "answer_from": function_name(self.answer_from),
             "render_task": function_name(self.render_task),
+            "text_tool": self.text_tool,
         }
 
 

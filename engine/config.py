@@ -224,6 +224,7 @@ def agent_from_description(desc: dict[str, Any]) -> AnyAgent:
         max_turns=desc.get("max_turns", 8),
         sampling=sampling,
         name=desc.get("name", "agent"),
+        text_tool=desc.get("text_tool"),
         **hooks,
     )
 

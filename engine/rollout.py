@@ -104,9 +104,11 @@ class Rollout(Recorder):
         limits: Limits,
         next_seq: int = 0,
         state: RolloutState = S.QUEUED,
+        headers: dict[str, Any] | None = None,
         gateway: Gateway | None = None,
     ) -> None:
         super().__init__(store, run_id, rollout_id, next_seq=next_seq, state=state)
+        self._headers = headers or {}
         self.task = task
         self.sample_index = sample_index
         self.agent = agent
@@ -119,6 +121,10 @@ class Rollout(Recorder):
         self.turns = 0
         self.policy_version: str | None = None
         self.worker: str | None = None
+
+    def headers(self) -> dict[str, Any]:
+        """Stamped on every message of this rollout (a trainer's step, for example)."""
+        return self._headers
 
     # ---- one attempt -----------------------------------------------------
 

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -55,11 +55,14 @@ class SchedulerConfig:
 
 @dataclass(slots=True)
 class Pending:
-    """A rollout to run: its stored record, its task and its next message seq."""
+    """A rollout to run: its stored record, its task and its next message seq;
+    optionally its own agent (else the scheduler's) and headers for its messages."""
 
     record: RolloutRecord
     task: Task
     next_seq: int = 0
+    agent: AnyAgent | None = None
+    headers: dict[str, Any] | None = None
 
 
 class Scheduler:
@@ -91,9 +94,11 @@ class Scheduler:
         self.gateway = gateway
         self.retries = 0
 
-    async def run(self, pending: list[Pending]) -> None:
+    async def run(self, pending: list[Pending], *, max_rollouts: int | None = None) -> None:
+        """Run every pending rollout to a result; ``max_rollouts`` overrides the
+        configured number in flight (a trainer's batch must all be in flight)."""
         queue = deque(pending)
-        workers = min(self.config.max_rollouts, len(queue))
+        workers = min(max_rollouts or self.config.max_rollouts, len(queue))
         log.info("scheduling", run=self.run_id, rollouts=len(queue), workers=workers)
         async with anyio.create_task_group() as tg:
             for i in range(workers):
@@ -114,7 +119,7 @@ class Scheduler:
             run_id=self.run_id,
             task=item.task,
             sample_index=rec.sample_index,
-            agent=self.agent,
+            agent=item.agent or self.agent,
             environment=self.environment,
             scorer=self.scorer,
             backend=self.backend,
@@ -123,6 +128,7 @@ class Scheduler:
             limits=self.config.limits,
             next_seq=item.next_seq,
             state=RolloutState(rec.state),
+            headers=item.headers,
             gateway=self.gateway,
         )
         if rec.state in _MID_ATTEMPT:

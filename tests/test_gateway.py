@@ -560,36 +560,6 @@ def test_a_runs_app_agent_is_rebuilt_from_its_description() -> None:
         agent_from_description(AppAgent(local, calculator_then_answer()).describe())
 
 
-class AsksTheUser(ArithmeticEnvironment):
-    """A simulated user: asks for the product after the first answer."""
-
-    async def respond(self, reply: str | None) -> Observation | None:
-        if reply == "5":
-            return Observation("Now multiply it by 3.")
-        return Observation("thanks", done=True, answer=reply)
-
-
-async def test_the_built_in_loop_lets_the_environment_respond(make_engine: EngineFactory) -> None:
-    def handler(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
-        last = messages[-1]
-        if last["role"] == "user" and "multiply" in last["content"]:
-            return {"tool_calls": [{"name": "calculator", "arguments": {"expression": "5*3"}}]}
-        return calculator_then_answer().handler(messages, tools)
-
-    from engine import Agent
-
-    async with make_engine() as engine:
-        run = await engine.run(
-            [Task("t", "What is 2+3?", "15")], Agent(ScriptedPolicy(handler)),
-            environment=AsksTheUser, scorer="numeric",
-        )  # fmt: skip
-        (r,) = await run.rollouts()
-        msgs = await run.messages(r.id)
-    assert r.state == "done" and r.answer == "15" and r.turns == 4
-    said = [m.payload["content"] for m in msgs if m.topic == "respond"]
-    assert said == ["Now multiply it by 3.", "thanks"]
-
-
 async def test_the_app_sees_the_task_tools_and_workspace(
     make_engine: EngineFactory, tmp_path: Path
 ) -> None:
@@ -665,27 +635,6 @@ async def test_the_engines_limits_hold_for_an_apps_calls(make_engine: EngineFact
         attempts = await engine.store.attempts(r.id)
     assert [a.state for a in attempts] == ["error", "done"]
     assert attempts[0].error == "InfraError: model call took longer than 0.2s"
-
-
-async def test_every_model_call_carries_its_rollout_as_policy_affinity(
-    make_engine: EngineFactory,
-) -> None:
-    from engine import Agent
-    from engine.policy.base import affinity
-
-    keys: list[str | None] = []
-
-    def handler(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
-        keys.append(affinity.get())  # what a multi-server policy keys its sticky choice on
-        return calculator_then_answer().handler(messages, tools)
-
-    task = [Task("t", "What is 1+1?", "2")]
-    async with make_engine() as engine:
-        app = await engine.run(task, solve, policy=ScriptedPolicy(handler),
-                               environment="arithmetic")  # fmt: skip
-        built_in = await engine.run(task, Agent(ScriptedPolicy(handler)), environment="arithmetic")
-        ids = [(await run.rollouts())[0].id for run in (app, built_in)]
-    assert keys == [ids[0], ids[0], ids[1], ids[1]]
 
 
 async def test_a_manager_runs_its_workers_at_once(make_engine: EngineFactory) -> None:
