@@ -3,9 +3,10 @@ score them, report pass@k, and feed scored groups to GRPO training."""
 
 from __future__ import annotations
 
-from engine.agent import Agent, extract_answer
+from engine.agent import Agent, AppAgent, ModelCall, extract_answer
 from engine.api import Engine, Run
 from engine.backend import Backend, Slot, create_backend
+from engine.context import RolloutContext
 from engine.environment import Environment, EnvSpec, Observation, ToolCall, ToolSpec
 from engine.errors import (
     ConfigError,
@@ -36,6 +37,7 @@ from engine.toolkit import FunctionEnvironment, FunctionTool
 
 __all__ = [
     "Agent",
+    "AppAgent",
     "Backend",
     "Category",
     "Completion",
@@ -49,6 +51,7 @@ __all__ = [
     "FunctionTool",
     "InfraError",
     "Message",
+    "ModelCall",
     "MultiServerPolicy",
     "NotRetryable",
     "Observation",
@@ -57,6 +60,7 @@ __all__ = [
     "PluginNotFound",
     "Policy",
     "PolicyError",
+    "RolloutContext",
     "RolloutRecord",
     "RolloutState",
     "Run",

@@ -18,7 +18,8 @@ with ``--training real``).
 
 Other modes: ``--overlap`` (train each complete group while stragglers
 finish), ``--scale`` (10,000 concurrent rollouts in one process), ``--ingest``
-(the trace store alone), ``--real`` (a real vLLM server and real tools).
+(the trace store alone), ``--real`` (a real vLLM server and real tools),
+``--gateway`` (what the recording gateway adds to an app's model call).
 Results: the terminal, ``--out``/<name>.json, .md and .png.
 """
 
@@ -30,6 +31,7 @@ import json
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -259,6 +261,20 @@ async def run_overlap(args: argparse.Namespace) -> None:
     write_results(args.name, r, md, args.out)
 
 
+async def run_gateway(args: argparse.Namespace) -> None:
+    from engine.benchmark.gateway import gateway_markdown, run_gateway_bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = await run_gateway_bench(
+            rollouts=args.gateway_rollouts, in_flight=args.gateway_in_flight,
+            calls=args.gateway_calls, latency=args.gateway_latency, work=Path(tmp),
+            log=console.print,
+        )  # fmt: skip
+    md = gateway_markdown(_command(args.argv), r)
+    console.print(md)
+    write_results(args.name, r, md, args.out)
+
+
 async def run_real(args: argparse.Namespace) -> None:
     from engine.benchmark.real import real_markdown, run_real_bench
 
@@ -269,14 +285,25 @@ async def run_real(args: argparse.Namespace) -> None:
     write_results(args.name, r, md, args.out)
 
 
-def _slots(text: str) -> list[int]:
-    try:
-        slots = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--slots wants numbers like 16,64: {exc}") from exc
-    if not slots or min(slots) < 2:
-        raise argparse.ArgumentTypeError("--slots wants one or more counts >= 2, e.g. 16,64")
-    return slots
+def _counts_of(flag: str, least: int, example: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated counts, each at least ``least``."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            counts = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag} wants numbers like {example}: {exc}") from exc
+        if not counts or min(counts) < least:
+            raise argparse.ArgumentTypeError(
+                f"{flag} wants one or more counts >= {least}, e.g. {example}"
+            )
+        return counts
+
+    return parse
+
+
+_slots = _counts_of("--slots", 2, "16,64")
+_in_flight = _counts_of("--gateway-in-flight", 1, "1,256")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -323,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="real vLLM server (started here unless --policy-url) and real tools, "
         "sequential vs --real-concurrency",
+    )
+    mode.add_argument(
+        "--gateway",
+        action="store_true",
+        help="an app's model calls through the recording gateway vs the engine's direct "
+        "path: added latency p50/p99 and CPU per call, one at a time and many in flight",
     )
     g = p.add_argument_group("the cycle (default mode and --overlap)")
     g.add_argument("--tasks", type=int, default=8, help="tasks (GRPO groups) per cycle (8)")
@@ -440,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="rollouts at once in the concurrent --real run (8)",
     )
+    gw = p.add_argument_group("--gateway")
+    gw.add_argument("--gateway-rollouts", type=int, default=256,
+                    help="rollouts of the workload (256)")  # fmt: skip
+    gw.add_argument("--gateway-in-flight", type=_in_flight, default=[1, 256],
+                    help="rollouts in flight, one run per count (1,256)")  # fmt: skip
+    gw.add_argument("--gateway-calls", type=int, default=8,
+                    help="model calls per rollout (8)")  # fmt: skip
+    gw.add_argument("--gateway-latency", type=float, default=0.0,
+                    help="the policy's seconds per call (0: the gateway's cost alone)")  # fmt: skip
     p.add_argument("--name", help="results file name under --out (default: the mode's name)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     return p
@@ -477,6 +519,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.real:
         args.name = args.name or "real"
         asyncio.run(run_real(args))
+    elif args.gateway:
+        args.name = args.name or "gateway"
+        asyncio.run(run_gateway(args))
     else:
         args.name = args.name or "cycle"
         asyncio.run(run_cycle(args))

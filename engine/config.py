@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.agent import Agent, function_by_name
+from engine.agent import Agent, AnyAgent, AppAgent, function_by_name
 from engine.errors import ConfigError
 from engine.policy.base import Policy, SamplingParams
 from engine.policy.multi import MultiServerPolicy
@@ -188,8 +188,36 @@ def build_policy(desc: dict[str, Any]) -> Policy:
     )
 
 
-def agent_from_description(desc: dict[str, Any]) -> Agent:
-    """Rebuild the agent a run was started with (CLI runs; see `Agent.describe`)."""
+def _function(desc: dict[str, Any], hook: str, fix: str) -> Any:
+    name = desc.get(hook)
+    if not name:
+        return None
+    try:
+        return function_by_name(name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"agent.{hook}", f"the run's {hook} function {name} cannot be imported: {exc}", fix
+        ) from exc
+
+
+def agent_from_description(desc: dict[str, Any]) -> AnyAgent:
+    """Rebuild the agent a run was started with (see `Agent.describe`, `AppAgent.describe`)."""
+    if desc.get("kind") == "function":
+        fix = "install the package that defines it, or resume from Python with your AppAgent"
+        solve = _function(desc, "solve", fix)
+        if solve is None:
+            raise ConfigError(
+                "agent.solve",
+                "the run's solve function was not a module-level function",
+                "resume from Python: engine.resume(run_id, solve, policy=...)",
+            )
+        return AppAgent(
+            solve,
+            build_policy(desc["policy"]),
+            name=desc.get("name", "agent"),
+            request_extra=_function(desc, "request_extra", fix),
+            token_ids=desc.get("token_ids", True),
+        )
     s = desc.get("sampling", {})
     sampling = SamplingParams(
         temperature=s.get("temperature", 1.0),
@@ -202,19 +230,12 @@ def agent_from_description(desc: dict[str, Any]) -> Agent:
         stop=tuple(s.get("stop", ())),
         extra=s.get("extra", {}),
     )
+    fix = "install the package that defines it, or resume from Python with your Agent"
     hooks: dict[str, Any] = {}
     for hook in ("answer_from", "render_task"):
-        name = desc.get(hook)
-        if not name:
-            continue
-        try:
-            hooks[hook] = function_by_name(name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(
-                f"agent.{hook}",
-                f"the run's {hook} function {name} cannot be imported: {exc}",
-                "install the package that defines it, or resume from Python with your Agent",
-            ) from exc
+        fn = _function(desc, hook, fix)
+        if fn is not None:
+            hooks[hook] = fn
     return Agent(
         build_policy(desc["policy"]),
         system_prompt=desc.get("system_prompt"),

@@ -8,6 +8,7 @@ import engine
 def test_public_names_are_pinned() -> None:
     assert sorted(engine.__all__) == [
         "Agent",
+        "AppAgent",
         "Backend",
         "Category",
         "Completion",
@@ -21,6 +22,7 @@ def test_public_names_are_pinned() -> None:
         "FunctionTool",
         "InfraError",
         "Message",
+        "ModelCall",
         "MultiServerPolicy",
         "NotRetryable",
         "Observation",
@@ -29,6 +31,7 @@ def test_public_names_are_pinned() -> None:
         "PluginNotFound",
         "Policy",
         "PolicyError",
+        "RolloutContext",
         "RolloutRecord",
         "RolloutState",
         "Run",

@@ -334,7 +334,7 @@ class RolloutServer(AsyncResource):
         """The reply for one rollout: token-exact trajectories go as one assistant
         message holding every id after the first prompt (observations masked out);
         others turn by turn (swift then renders the observations itself)."""
-        assert self.live is not None and item.agent is not None
+        assert self.live is not None and isinstance(item.agent, Agent)
         trajectory = await load_trajectory(self.live.store, result.rollout_id)
         scored = result.state in SCORED and trajectory is not None and bool(trajectory.turns)
         if trajectory is None or not trajectory.turns:
@@ -397,7 +397,7 @@ class RolloutServer(AsyncResource):
         """A one-token trajectory for a sample that never generated (its environment
         never came up): its prompt, then the end-of-turn token, as if the model had
         said nothing. It copies no other sample, is masked out and has no reward."""
-        assert item.agent is not None
+        assert isinstance(item.agent, Agent)
         first = item.agent.first_messages(item.task.view(), item.task.prompt)
         tokenize = getattr(self.policy, "tokenize", None)
         end = getattr(self.policy, "end_of_turn_token", None)

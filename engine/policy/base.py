@@ -79,6 +79,9 @@ class Completion:
     # the model did not end itself, and their logprobs (`engine.policy.tokens`)
     closing: list[int] | None = None
     closing_logprobs: list[float] | None = None
+    logprobs_content: list[dict[str, Any]] | None = None
+    """The server's ``logprobs.content`` as it sent it (tokens, top logprobs), for
+    the gateway to pass on to an app that asked; not recorded (``logprobs`` is)."""
 
     def assistant_message(self) -> dict[str, Any]:
         """The OpenAI-format assistant message to append to the conversation; it

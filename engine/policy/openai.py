@@ -328,7 +328,8 @@ class OpenAIPolicy(AsyncResource):
             if not calls and isinstance(content, str) and "<tool_call>" in content:
                 content, calls = parse_hermes(content, id_prefix=f"call_{index}")
             lp = choice.get("logprobs") or {}
-            logprobs = [t.get("logprob") for t in lp.get("content") or []] or None
+            content_lp = lp.get("content") or None
+            logprobs = [t.get("logprob") for t in content_lp or []] or None
             out.append(
                 Completion(
                     content=content,
@@ -340,6 +341,7 @@ class OpenAIPolicy(AsyncResource):
                     usage=usage,
                     model=data.get("model"),
                     policy_version=version if version is not None else self.version,
+                    logprobs_content=content_lp,
                 )
             )
         if not out:

@@ -108,7 +108,7 @@ class VLLMServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--dtype", "float32",
-            "--max-model-len", "2048",
+            "--max-model-len", "8192",
             "--enable-auto-tool-choice",
             "--tool-call-parser", "hermes",
             "--enforce-eager",
