@@ -102,7 +102,9 @@ class RolloutServer(AsyncResource):
         )
         self.policy: Policy = policy or _policy(config)
         # one reloader over every server: a new version reaches all before any serves it
-        self.reloader = WeightReloader(policy=self.policy) if config.policy_urls else None
+        self.reloader = (
+            WeightReloader(config.policy_urls, policy=self.policy) if config.policy_urls else None
+        )
         self.sync = WeightSync(
             self.reloader, max_staleness=config.max_staleness, wait_timeout=config.sync_timeout
         )
