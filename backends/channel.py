@@ -8,7 +8,7 @@ environment calls as small binary frames, many in flight at once:
     request   {"id": 7, "op": "step", "env": "ab12…", "body": {"tool_call": {…}}}
     reply     {"id": 7, "status": 200, "body": {…}}
 
-``op`` is one of ``create``, ``reset``, ``step``, ``delete``; ``status`` and
+``op`` is one of ``create``, ``reset``, ``step``, ``respond``, ``delete``; ``status`` and
 ``body`` are exactly what the HTTP route answers (so the client reads both
 lanes the same way). A worker written in another language may serve only the
 HTTP routes: a worker that refuses the upgrade is spoken to over HTTP.

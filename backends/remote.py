@@ -192,13 +192,15 @@ class WorkerHandle:
 
     async def create(self, spec: EnvSpec) -> RemoteEnvironment:
         data = await self.send("create", None, {"spec": spec.to_dict()})
-        return RemoteEnvironment(self, str(data["env_id"]), list(data["tools"]))
+        cls = RespondingRemoteEnvironment if data.get("respond") else RemoteEnvironment
+        return cls(self, str(data["env_id"]), list(data["tools"]))
 
 
 _ROUTES = {
     "create": ("POST", "/envs"),
     "reset": ("POST", "/envs/{}/reset"),
     "step": ("POST", "/envs/{}/step"),
+    "respond": ("POST", "/envs/{}/respond"),
     "delete": ("DELETE", "/envs/{}"),
 }
 """Each environment call's HTTP route, for workers without a channel."""
@@ -227,6 +229,8 @@ class RemoteEnvironment:
             if type(exc) is InfraError:  # the environment's own fault, not the worker's
                 raise RuntimeError(str(exc)) from exc
             raise
+        if isinstance(data.get("tools"), list):  # a reset may change the tools
+            self._tools = list(data["tools"])
         return Observation.from_dict(data)
 
     async def step(self, call: ToolCall) -> Observation:
@@ -239,3 +243,18 @@ class RemoteEnvironment:
         self.closed = True
         if self.worker.alive:
             await self.worker.send("delete", self.env_id, {}, deadline=CLOSE_DEADLINE)
+
+
+class RespondingRemoteEnvironment(RemoteEnvironment):
+    """A remote environment whose real one has ``respond`` (a user between turns)."""
+
+    async def respond(self, reply: str | None) -> Observation | None:
+        try:
+            data = await self.worker.send("respond", self.env_id, {"reply": reply})
+        except InfraError as exc:
+            if type(exc) is InfraError:  # the environment's own fault, as on reset
+                raise RuntimeError(str(exc)) from exc
+            raise
+        self._tools = list(data["tools"])  # a user turn may offer new tools
+        obs = data.get("observation")
+        return None if obs is None else Observation.from_dict(obs)

@@ -5,9 +5,11 @@
 Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
 
     GET    /health                 liveness, slots, free slots, draining
-    POST   /envs        {spec}     build a registered environment → {env_id, tools}
-    POST   /envs/{id}/reset {task_view}   → observation
+    POST   /envs        {spec}     build a registered environment → {env_id, tools, respond}
+    POST   /envs/{id}/reset {task_view}   → observation + the tools after the reset
     POST   /envs/{id}/step  {tool_call}   → observation (tool errors are observations)
+    POST   /envs/{id}/respond {reply}     → {observation | null, tools} (the user's turn;
+                                            only where the ``POST /envs`` answer said respond)
     DELETE /envs/{id}              close it and free its slot
     GET    /channel                the same calls as frames on one WebSocket (backends.channel)
 
@@ -40,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -48,7 +50,14 @@ from aiohttp import web
 from backends.channel import serve_channel
 from engine import eventloop
 from engine.backend import build_environment
-from engine.environment import Environment, EnvSpec, Observation, ToolCall
+from engine.environment import (
+    Environment,
+    EnvSpec,
+    Observation,
+    Responsive,
+    ToolCall,
+    responds,
+)
 from engine.errors import ConfigError
 from engine.rollout import ENVIRONMENT_FAULTS
 from engine.tasks import TaskView
@@ -89,6 +98,7 @@ class WorkerServer:
             web.post("/envs", self.create),
             web.post("/envs/{env_id}/reset", self.reset),
             web.post("/envs/{env_id}/step", self.step),
+            web.post("/envs/{env_id}/respond", self.respond),
             web.delete("/envs/{env_id}", self.delete),
             web.get("/channel", self.channel),
         ])
@@ -123,6 +133,9 @@ class WorkerServer:
     async def step(self, request: web.Request) -> web.Response:
         return _reply(*await self.op_step(request.match_info["env_id"], await _json(request)))
 
+    async def respond(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_respond(request.match_info["env_id"], await _json(request)))
+
     async def delete(self, request: web.Request) -> web.Response:
         return _reply(*await self.op_delete(request.match_info["env_id"]))
 
@@ -139,9 +152,12 @@ class WorkerServer:
             return await self.op_reset(env_id, body)
         if op == "create":
             return await self.op_create(body)
+        if op == "respond" and env_id is not None:
+            return await self.op_respond(env_id, body)
         if op == "delete" and env_id is not None:
             return await self.op_delete(env_id)
-        return 400, {"error": f"unknown call {op!r} (create, reset, step, delete with an env)"}
+        return 400, {"error": f"unknown call {op!r} (create; reset, step, respond, delete "
+                              "with an env)"}
 
     async def op_create(self, body: dict[str, Any]) -> tuple[int, Any]:
         if self.draining:
@@ -168,7 +184,7 @@ class WorkerServer:
         env_id = secrets.token_hex(8)
         self.envs[env_id] = _Hosted(env, spec)
         self._empty.clear()
-        return 200, {"env_id": env_id, "tools": tools}
+        return 200, {"env_id": env_id, "tools": tools, "respond": responds(env)}
 
     async def op_reset(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
         hosted = self.envs.get(env_id)
@@ -186,7 +202,8 @@ class WorkerServer:
             return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
         except Exception as exc:
             return 500, {"error": f"reset raised {type(exc).__name__}: {exc}"}
-        return 200, obs.to_dict()
+        # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
+        return 200, {**obs.to_dict(), "tools": hosted.env.tools}
 
     async def op_step(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
         hosted = self.envs.get(env_id)
@@ -207,6 +224,30 @@ class WorkerServer:
         except Exception as exc:  # the tool's fault: the agent sees it
             obs = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")
         return 200, obs.to_dict()
+
+    async def op_respond(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
+        hosted = self.envs.get(env_id)
+        if hosted is None:
+            return 404, {"error": f"no environment {env_id}"}
+        reply = body.get("reply")
+        if reply is not None and not isinstance(reply, str):
+            return 400, {"error": 'body must be {"reply": str | null}'}
+        if not responds(hosted.env):
+            return 400, {"error": f"environment '{hosted.spec.name}' has no respond"}
+        env = cast(Responsive, hosted.env)
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                obs = await env.respond(reply)
+        except TimeoutError:
+            return 504, {"error": f"respond did not finish within {self.call_timeout}s"}
+        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
+            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
+        except Exception as exc:
+            return 500, {"error": f"respond raised {type(exc).__name__}: {exc}"}
+        if obs is not None and not isinstance(obs, Observation):
+            return 500, {"error": f"respond returned {type(obs).__name__}, not an Observation"}
+        return 200, {"observation": None if obs is None else obs.to_dict(),
+                     "tools": hosted.env.tools}
 
     async def op_delete(self, env_id: str) -> tuple[int, Any]:
         hosted = self.envs.pop(env_id, None)

@@ -3,9 +3,10 @@ score them, report pass@k, and feed scored groups to GRPO training."""
 
 from __future__ import annotations
 
-from engine.agent import Agent, extract_answer
+from engine.agent import Agent, AppAgent, ModelCall, extract_answer
 from engine.api import Engine, Run
 from engine.backend import Backend, Slot, create_backend
+from engine.context import RolloutContext
 from engine.environment import Environment, EnvSpec, Observation, ToolCall, ToolSpec
 from engine.errors import (
     ConfigError,
@@ -19,7 +20,15 @@ from engine.errors import (
 )
 from engine.messages import Category, Message
 from engine.passk import PassAtK, compute_pass_at_k, pass_at_k
-from engine.policy import Completion, OpenAIPolicy, Policy, SamplingParams, ScriptedPolicy
+from engine.policy import (
+    Completion,
+    MultiServerPolicy,
+    OpenAIPolicy,
+    Policy,
+    SamplingParams,
+    ScriptedPolicy,
+    policy_affinity,
+)
 from engine.recording import RolloutState
 from engine.registry import register
 from engine.store import RolloutRecord, TraceStore
@@ -28,6 +37,7 @@ from engine.toolkit import FunctionEnvironment, FunctionTool
 
 __all__ = [
     "Agent",
+    "AppAgent",
     "Backend",
     "Category",
     "Completion",
@@ -41,6 +51,8 @@ __all__ = [
     "FunctionTool",
     "InfraError",
     "Message",
+    "ModelCall",
+    "MultiServerPolicy",
     "NotRetryable",
     "Observation",
     "OpenAIPolicy",
@@ -48,6 +60,7 @@ __all__ = [
     "PluginNotFound",
     "Policy",
     "PolicyError",
+    "RolloutContext",
     "RolloutRecord",
     "RolloutState",
     "Run",
@@ -65,5 +78,6 @@ __all__ = [
     "extract_answer",
     "load_tasks",
     "pass_at_k",
+    "policy_affinity",
     "register",
 ]

@@ -1,16 +1,29 @@
-"""The agent: a policy, a prompt, a turn budget and how to read its answer."""
+"""The agents the driver runs: the built-in loop (`Agent`) or an app's own (`AppAgent`).
+
+Both are solved the same way, ``await agent.solve(task, ctx)`` with a
+`engine.context.RolloutContext`: `Agent` is a policy, a prompt, a turn budget
+and how to read its answer, run by the built-in loop (`engine.loop`);
+`AppAgent` wraps an app's ``async def solve(task, ctx) -> str`` that runs its
+own loop, in any framework, against the gateway at ``ctx.base_url``.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from engine.environment import ToolSpec
+from engine.errors import ConfigError
+from engine.loop import builtin_loop
 from engine.policy.base import Policy, SamplingParams
 from engine.tasks import TaskView
+
+if TYPE_CHECKING:
+    from engine.context import RolloutContext
 
 _TAGGED = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FINAL = re.compile(r"FINAL ANSWER:", re.IGNORECASE)
@@ -86,12 +99,17 @@ class Agent:
         msgs.append({"role": "user", "content": user})
         return msgs
 
+    uses_gateway = False
+
+    async def solve(self, task: TaskView, ctx: RolloutContext) -> str:
+        """Run the built-in loop (`engine.loop.builtin_loop`) to an answer."""
+        return await builtin_loop(self, task, ctx)
+
     def describe(self) -> dict[str, Any]:
         """A JSON description, stored with the run (and used by `resume` from the CLI)."""
-        describe = getattr(self.policy, "describe", None)
         return {
             "name": self.name,
-            "policy": describe() if callable(describe) else {"kind": type(self.policy).__name__},
+            "policy": describe_policy(self.policy),
             "system_prompt": self.system_prompt,
             "max_turns": self.max_turns,
             "sampling": self.sampling.to_dict(),
@@ -100,3 +118,112 @@ class Agent:
             "render_task": function_name(self.render_task),
             "text_tool": self.text_tool,
         }
+
+
+def describe_policy(policy: Policy) -> dict[str, Any]:
+    describe = getattr(policy, "describe", None)
+    return describe() if callable(describe) else {"kind": type(policy).__name__}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    """One model call of an app's agent, as `AppAgent.request_extra` sees it.
+
+    ``turn`` counts that agent's model calls in the attempt, this one included.
+    """
+
+    agent: str
+    turn: int
+    messages: list[dict[str, Any]]
+    tools: list[ToolSpec]
+
+
+Solve = Callable[[TaskView, "RolloutContext"], Awaitable[str | None]]
+
+
+@dataclass
+class AppAgent:
+    """An app's own agent loop, run unchanged as Drillyard rollouts.
+
+    ``solve(task, ctx)`` is the app's ``async`` function: it points its
+    framework's OpenAI client at ``ctx.base_url`` with ``ctx.api_key`` (the
+    gateway, unique to the rollout attempt), calls the environment's tools
+    through ``ctx.call_tool``, and returns the answer the scorer sees. Every
+    model call goes to ``policy`` through the gateway, recorded and limited.
+    ``name`` is the agent's name in the trace (a multi-agent app names each
+    agent by its base URL, `RolloutContext.url_for`). ``request_extra(call)``
+    adds fields to every model request (they win over the app's: for example
+    a vLLM ``structured_outputs`` constraint). With ``token_ids`` the gateway
+    asks the server for token ids and logprobs on the app's behalf (vLLM's
+    ``return_token_ids``, ``logprobs``) and hands the app only what it asked for.
+    """
+
+    solve: Solve
+    policy: Policy
+    name: str = "agent"
+    request_extra: Callable[[ModelCall], dict[str, Any]] | None = None
+    token_ids: bool = True
+
+    uses_gateway = True
+
+    def __post_init__(self) -> None:
+        fn = self.solve
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+        )
+        if not callable(fn) or not is_async:
+            raise ConfigError(
+                "agent",
+                f"{fn!r} is not an async function",
+                "pass `async def solve(task: TaskView, ctx: RolloutContext) -> str`, or an Agent",
+            )
+        if not callable(getattr(self.policy, "complete", None)):
+            raise ConfigError(
+                "policy",
+                f"{self.policy!r} has no complete() method",
+                "pass a Policy: OpenAIPolicy(base_url, model), ScriptedPolicy(handler), ...",
+            )
+        if not self.name:
+            raise ConfigError("agent name", "is empty", 'name the agent, e.g. "agent"')
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON description, stored with the run; `resume` from the CLI rebuilds
+        it when ``solve`` (and ``request_extra``) are module-level functions."""
+        return {
+            "kind": "function",
+            "name": self.name,
+            "solve": function_name(self.solve),
+            "policy": describe_policy(self.policy),
+            "request_extra": function_name(self.request_extra),
+            "token_ids": self.token_ids,
+        }
+
+
+AnyAgent = Agent | AppAgent
+"""What the driver runs: the built-in loop or an app's own."""
+
+
+def as_agent(agent: Any, policy: Policy | None = None) -> AnyAgent:
+    """The agent ``engine.run`` was given, checked: an `Agent`, an `AppAgent`, or
+    an async ``solve(task, ctx)`` function with ``policy``."""
+    if isinstance(agent, Agent | AppAgent):
+        if policy is not None:
+            raise ConfigError(
+                "policy",
+                f"given both policy= and an {type(agent).__name__} that has its own",
+                "drop policy= (the agent's policy is used)",
+            )
+        return agent
+    if callable(agent):
+        if policy is None:
+            raise ConfigError(
+                "policy",
+                "a function agent needs the policy its model calls go to",
+                "engine.run(tasks, solve, policy=OpenAIPolicy(base_url, model), ...)",
+            )
+        return AppAgent(agent, policy)
+    raise ConfigError(
+        "agent",
+        f"{agent!r} is not an agent",
+        "pass Agent(policy, ...), AppAgent(solve, policy) or an async solve(task, ctx) function",
+    )

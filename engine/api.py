@@ -3,6 +3,10 @@
 async with Engine(store="runs.db", backend="inprocess") as engine:
     run = await engine.run(tasks, agent, environment="arithmetic", samples=8)
     print(await run.pass_at_k([1, 4, 8]))
+
+``agent`` is the built-in loop (`Agent`) or an app's own: an async
+``solve(task, ctx)`` with ``policy=…`` (or an `AppAgent`), whose model calls
+go through the engine's recording gateway (`engine.gateway`).
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ import time
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import structlog
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine import registry
-from engine.agent import Agent
+from engine.agent import AnyAgent, as_agent
 from engine.backend import Backend, EnvFactory, create_backend
 from engine.environment import EnvSpec
 from engine.errors import ConfigError
@@ -31,13 +35,18 @@ from engine.logs import configure_logging
 from engine.messages import Message
 from engine.ordering import ORDERS, TaskOrder, check_order, estimates, longest_first
 from engine.passk import PassAtK, compute_pass_at_k
-from engine.policy.base import preflight
+from engine.policy.base import Policy, preflight
 from engine.resources import AsyncResource
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.scheduler import Pending, Scheduler, SchedulerConfig
 from engine.scoring import resolve_scorer
 from engine.store import RolloutRecord, TraceStore
 from engine.tasks import Task, check_unique_ids
+from engine.trajectory import TokenTrajectory, rollout_trajectories
+
+if TYPE_CHECKING:
+    from engine.agent import Solve
+    from engine.gateway import Gateway
 
 log = structlog.get_logger("drillyard.engine")
 
@@ -83,6 +92,11 @@ class Run:
 
     async def messages(self, rollout_id: str) -> list[Message]:
         return await self.store.messages(rollout_id)
+
+    async def token_trajectories(self, rollout_id: str) -> list[TokenTrajectory]:
+        """Per agent, the rollout's last attempt as one token sequence with its loss
+        mask, or why it is not trainable (see `engine.trajectory`)."""
+        return await rollout_trajectories(self.store, await self.store.rollout(rollout_id))
 
     async def counts(self) -> dict[str, int]:
         """How many rollouts are in each state."""
@@ -155,6 +169,7 @@ class Engine(AsyncResource):
         )
         self.progress = progress
         self._model_limit = asyncio.Semaphore(max_model_requests)
+        self._gateway: Gateway | None = None
         self.last_scheduler: Scheduler | None = None
 
     async def __aenter__(self) -> Self:
@@ -168,11 +183,24 @@ class Engine(AsyncResource):
         return self
 
     async def aclose(self) -> None:
-        """Close the backend, then the store (everything recorded is committed)."""
+        """Close the gateway and the backend, then the store (everything recorded is committed)."""
         try:
+            gateway, self._gateway = self._gateway, None
+            if gateway is not None:
+                await gateway.aclose()
             await self.backend.close()
         finally:
             await self.store.close()
+
+    async def gateway(self) -> Gateway:
+        """The engine's model gateway, started on first use (an `AppAgent`'s run does)."""
+        if self._gateway is None:
+            from engine.gateway import Gateway
+
+            gateway = Gateway()
+            await gateway.start()
+            self._gateway = gateway
+        return self._gateway
 
     def open_run(self, run_id: str) -> Run:
         return Run(self.store, run_id)
@@ -184,7 +212,7 @@ class Engine(AsyncResource):
 
     async def live_run(
         self,
-        agent: Agent | None,
+        agent: AnyAgent | None,
         *,
         environment: EnvironmentArg,
         scorer: str | Scorer = "exact",
@@ -217,9 +245,10 @@ class Engine(AsyncResource):
     async def run(
         self,
         tasks: Iterable[Task],
-        agent: Agent,
+        agent: AnyAgent | Solve,
         *,
         environment: EnvironmentArg,
+        policy: Policy | None = None,
         samples: int = 1,
         scorer: str | Scorer = "exact",
         run_id: str | None = None,
@@ -228,11 +257,15 @@ class Engine(AsyncResource):
     ) -> Run:
         """Run every task ``samples`` times (one GRPO group per task) to a result each.
 
-        ``order`` is the order rollouts start in: ``"given"``, ``"longest_first"``
-        (by each task's mean duration in earlier runs of this store, else its
-        ``metadata["expected_s"]``), or a function task -> expected seconds; see
-        `engine.ordering`. Longest first shortens a run's tail."""
+        ``agent`` is an `Agent` (the built-in loop), or an app's own loop: an
+        async ``solve(task, ctx) -> str`` with ``policy=`` (its model calls'
+        destination), or an `AppAgent` for more options. ``order`` is the order
+        rollouts start in: ``"given"``, ``"longest_first"`` (by each task's mean
+        duration in earlier runs of this store, else its ``metadata["expected_s"]``),
+        or a function task -> expected seconds; see `engine.ordering`. Longest
+        first shortens a run's tail."""
         check_order(order)
+        agent = as_agent(agent, policy)
         task_list = check_unique_ids(tasks)
         if not task_list:
             raise ConfigError("tasks", "no tasks given", "pass at least one Task")
@@ -263,15 +296,17 @@ class Engine(AsyncResource):
     async def resume(
         self,
         run_id: str,
-        agent: Agent,
+        agent: AnyAgent | Solve,
         *,
         environment: EnvironmentArg | None = None,
+        policy: Policy | None = None,
         scorer: str | Scorer | None = None,
         order: TaskOrder | None = None,
     ) -> Run:
         """Finish every rollout of a run that has no result yet; others stay as they are.
 
         ``order`` defaults to the run's own when it was a name (see `run`)."""
+        agent = as_agent(agent, policy)
         record = await self.store.run(run_id)
         if order is None:
             stored = record.config.get("order", "given")
@@ -342,10 +377,11 @@ class Engine(AsyncResource):
         self,
         run_id: str,
         pending: list[Pending],
-        agent: Agent,
+        agent: AnyAgent,
         env: EnvSpec | EnvFactory,
         score_fn: Scorer,
     ) -> None:
+        gateway = await self.gateway() if agent.uses_gateway else None
         show = self.progress if self.progress is not None else len(pending) >= 50
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -375,6 +411,7 @@ class Engine(AsyncResource):
             model_limit=self._model_limit,
             config=self.scheduler_config,
             on_result=on_result,
+            gateway=gateway,
         )
         self.last_scheduler = scheduler
         status = "interrupted"

@@ -18,7 +18,8 @@ with ``--training real``).
 
 Other modes: ``--overlap`` (train each complete group while stragglers
 finish), ``--scale`` (10,000 concurrent rollouts in one process), ``--ingest``
-(the trace store alone), ``--real`` (a real vLLM server and real tools).
+(the trace store alone), ``--real`` (a real vLLM server and real tools),
+``--gateway`` (what the recording gateway adds to an app's model call).
 Results: the terminal, ``--out``/<name>.json, .md and .png.
 """
 
@@ -286,6 +287,20 @@ async def run_overlap(args: argparse.Namespace) -> None:
     write_results(args.name, r, md, args.out)
 
 
+async def run_gateway(args: argparse.Namespace) -> None:
+    from engine.benchmark.gateway import gateway_markdown, run_gateway_bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = await run_gateway_bench(
+            rollouts=args.gateway_rollouts, in_flight=args.gateway_in_flight,
+            calls=args.gateway_calls, latency=args.gateway_latency, work=Path(tmp),
+            log=console.print,
+        )  # fmt: skip
+    md = gateway_markdown(_command(args.argv), r)
+    console.print(md)
+    write_results(args.name, r, md, args.out)
+
+
 async def run_real(args: argparse.Namespace) -> None:
     from engine.benchmark.real import real_markdown, run_real_bench
 
@@ -296,22 +311,25 @@ async def run_real(args: argparse.Namespace) -> None:
     write_results(args.name, r, md, args.out)
 
 
-def _counts(flag: str, least: int) -> Callable[[str], list[int]]:
+def _counts_of(flag: str, least: int, example: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated counts, each at least ``least``."""
+
     def parse(text: str) -> list[int]:
         try:
             counts = [int(x) for x in text.split(",") if x.strip()]
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{flag} wants numbers like 16,64: {exc}") from exc
+            raise argparse.ArgumentTypeError(f"{flag} wants numbers like {example}: {exc}") from exc
         if not counts or min(counts) < least:
             raise argparse.ArgumentTypeError(
-                f"{flag} wants one or more counts >= {least}, e.g. 16,64"
+                f"{flag} wants one or more counts >= {least}, e.g. {example}"
             )
         return counts
 
     return parse
 
 
-_slots = _counts("--slots", 2)
+_slots = _counts_of("--slots", 2, "16,64")
+_in_flight = _counts_of("--gateway-in-flight", 1, "1,256")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -365,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="real vLLM server (started here unless --policy-url) and real tools, "
         "sequential vs --real-concurrency",
+    )
+    mode.add_argument(
+        "--gateway",
+        action="store_true",
+        help="an app's model calls through the recording gateway vs the engine's direct "
+        "path: added latency p50/p99 and CPU per call, one at a time and many in flight",
     )
     g = p.add_argument_group("the cycle (default mode and --overlap)")
     g.add_argument("--tasks", type=int, default=8, help="tasks (GRPO groups) per cycle (8)")
@@ -468,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = p.add_argument_group("--http")
     h.add_argument(
         "--in-flight",
-        type=_counts("--in-flight", 1),
+        type=_counts_of("--in-flight", 1, "16,1024"),
         default=[16, 64, 256, 1024, 4096],
         help="rollouts in flight, one run each (16,64,256,1024,4096)",
     )
@@ -503,6 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the engine's event loop, every mode (default: $DRILLYARD_LOOP, else auto = "
         "uvloop where installed)",
     )
+    gw = p.add_argument_group("--gateway")
+    gw.add_argument("--gateway-rollouts", type=int, default=256,
+                    help="rollouts of the workload (256)")  # fmt: skip
+    gw.add_argument("--gateway-in-flight", type=_in_flight, default=[1, 256],
+                    help="rollouts in flight, one run per count (1,256)")  # fmt: skip
+    gw.add_argument("--gateway-calls", type=int, default=8,
+                    help="model calls per rollout (8)")  # fmt: skip
+    gw.add_argument("--gateway-latency", type=float, default=0.0,
+                    help="the policy's seconds per call (0: the gateway's cost alone)")  # fmt: skip
     p.add_argument("--name", help="results file name under --out (default: the mode's name)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     return p
@@ -547,6 +580,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.real:
         args.name = args.name or "real"
         eventloop.run(run_real(args), args.loop)
+    elif args.gateway:
+        args.name = args.name or "gateway"
+        eventloop.run(run_gateway(args), args.loop)
     else:
         args.name = args.name or "cycle"
         eventloop.run(run_cycle(args), args.loop)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--samples", type=int, help="samples per task (GRPO group size)")
     run.add_argument("--scorer", help="scorer name: exact, numeric, arithmetic, …")
     run.add_argument(
-        "--policy-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
+        "--policy-url",
+        action="append",
+        help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1; repeat it (or give "
+        "a comma-separated list) for several servers of the model: each rollout stays on one",
     )
     run.add_argument("--model", help="model name served at --policy-url")
     run.add_argument(
@@ -220,7 +224,7 @@ async def _run(args: argparse.Namespace) -> int:
                 order=cfg.order,
             )
         finally:
-            await _close_policy(agent.policy)
+            await close_policy(agent.policy)
         await print_report(
             run, cfg.ks, by=["level"] if any("level" in t.metadata for t in tasks) else []
         )
@@ -228,7 +232,8 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _close_policy(policy: Any) -> None:
+async def close_policy(policy: Any) -> None:
+    """Close a policy that holds a session (``aclose``); others need nothing."""
     close = getattr(policy, "aclose", None)
     if close is not None:
         await close()
@@ -251,7 +256,7 @@ async def _resume(args: argparse.Namespace) -> int:
         try:
             run = await engine.resume(args.run_id, agent)
         finally:
-            await _close_policy(agent.policy)
+            await close_policy(agent.policy)
         usable = [k for k in args.k if k <= cfg.get("samples", 1)]
         await print_report(run, usable or [1], by=[])
     return 0
@@ -330,7 +335,7 @@ COMMANDS = {
 }
 
 
-EVALS = {"gaia": "gaia.cli:main"}
+EVALS = {"gaia": "gaia.cli:main", "bfcl": "bfcl.cli:main"}
 """Benchmarks ``python -m engine eval NAME …`` hands over to, loaded by name."""
 
 SERVICES = {"serve-rollouts": "engine.integrations.rollout_server:main"}
@@ -361,13 +366,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    return run_command(COMMANDS[args.command](args), stops_cleanly=args.command == "view")
+
+
+def run_command(command: Coroutine[Any, Any, int], *, stops_cleanly: bool = False) -> int:
+    """Run a command's coroutine to its exit code: a `DrillyardError` is printed
+    (exit 2), Ctrl-C says how to finish the run (exit 130), or ends a service
+    that ``stops_cleanly`` (exit 0)."""
     try:
-        return eventloop.run(COMMANDS[args.command](args))
+        return eventloop.run(command)
     except DrillyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command == "view":
+        if stops_cleanly:
             return 0
         print(
             "interrupted: recorded work is in the store; finish it with `python -m engine resume`",

@@ -11,7 +11,7 @@ before anything starts; every error names the file, the field and the fix.
     name = "arithmetic"
     [policy]
     kind = "openai"          # or "oracle" (the built-in scripted arithmetic solver)
-    base_url = "http://127.0.0.1:8000/v1"
+    base_url = "http://127.0.0.1:8000/v1"   # or a list: one MultiServerPolicy over them
     model = "tiny"
     [agent]
     max_turns = 6
@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.agent import Agent, function_by_name
+from engine.agent import Agent, AnyAgent, AppAgent, function_by_name
 from engine.errors import ConfigError
 from engine.policy.base import Policy, SamplingParams
+from engine.policy.multi import MultiServerPolicy
 from engine.policy.openai import OpenAIPolicy
 from engine.tasks import Task, load_tasks
 
@@ -57,9 +58,15 @@ class EnvironmentConfig(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+def server_urls(value: str | list[str]) -> list[str]:
+    """Model server URLs from one string (comma-separated) or a list of them."""
+    parts = [value] if isinstance(value, str) else value
+    return [u.strip() for part in parts for u in part.split(",") if u.strip()]
+
+
 class PolicyConfig(_Strict):
     kind: Literal["openai", "oracle"] = "oracle"
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # several: a MultiServerPolicy over them
     model: str | None = None
     api_key_env: str | None = None
     max_in_flight: int = Field(default=64, ge=1)
@@ -71,9 +78,16 @@ class PolicyConfig(_Strict):
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> PolicyConfig:
+        if self.base_url is not None:
+            urls = server_urls(self.base_url)
+            repeated = sorted({u for u in urls if urls.count(u) > 1})
+            if repeated:
+                raise ValueError(f"base_url lists {', '.join(repeated)} twice: list each once")
+            self.base_url = (urls[0] if len(urls) == 1 else urls) if urls else None
         if self.kind == "openai" and not (self.base_url and self.model):
             raise ValueError(
-                'kind = "openai" needs base_url = "http://host:port/v1" and model = "name"'
+                'kind = "openai" needs base_url = "http://host:port/v1" (or a list of'
+                ' several servers of the model) and model = "name"'
             )
         return self
 
@@ -150,15 +164,17 @@ def build_policy(desc: dict[str, Any]) -> Policy:
     kind = desc.get("kind")
     if kind == "openai":
         key_env = desc.get("api_key_env")
-        return OpenAIPolicy(
-            desc["base_url"],
-            desc["model"],
-            api_key=os.environ.get(key_env) if key_env else None,
-            max_in_flight=desc.get("max_in_flight", 64),
-            timeout=desc.get("timeout", 120.0),
-            retries=desc.get("retries", 4),
-            exact_tokens=desc.get("exact_tokens", False),
-        )
+        urls = server_urls(desc["base_url"])
+        common: dict[str, Any] = {
+            "api_key": os.environ.get(key_env) if key_env else None,
+            "max_in_flight": desc.get("max_in_flight", 64),
+            "timeout": desc.get("timeout", 120.0),
+            "retries": desc.get("retries", 4),
+            "exact_tokens": desc.get("exact_tokens", False),
+        }
+        if len(urls) > 1:
+            return MultiServerPolicy(urls, desc["model"], **common)
+        return OpenAIPolicy(urls[0], desc["model"], **common)
     if kind == "oracle":
         from engine.envs.arithmetic import CalculatorOracle
 
@@ -172,8 +188,36 @@ def build_policy(desc: dict[str, Any]) -> Policy:
     )
 
 
-def agent_from_description(desc: dict[str, Any]) -> Agent:
-    """Rebuild the agent a run was started with (CLI runs; see `Agent.describe`)."""
+def _function(desc: dict[str, Any], hook: str, fix: str) -> Any:
+    name = desc.get(hook)
+    if not name:
+        return None
+    try:
+        return function_by_name(name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"agent.{hook}", f"the run's {hook} function {name} cannot be imported: {exc}", fix
+        ) from exc
+
+
+def agent_from_description(desc: dict[str, Any]) -> AnyAgent:
+    """Rebuild the agent a run was started with (see `Agent.describe`, `AppAgent.describe`)."""
+    if desc.get("kind") == "function":
+        fix = "install the package that defines it, or resume from Python with your AppAgent"
+        solve = _function(desc, "solve", fix)
+        if solve is None:
+            raise ConfigError(
+                "agent.solve",
+                "the run's solve function was not a module-level function",
+                "resume from Python: engine.resume(run_id, solve, policy=...)",
+            )
+        return AppAgent(
+            solve,
+            build_policy(desc["policy"]),
+            name=desc.get("name", "agent"),
+            request_extra=_function(desc, "request_extra", fix),
+            token_ids=desc.get("token_ids", True),
+        )
     s = desc.get("sampling", {})
     sampling = SamplingParams(
         temperature=s.get("temperature", 1.0),
@@ -186,19 +230,12 @@ def agent_from_description(desc: dict[str, Any]) -> Agent:
         stop=tuple(s.get("stop", ())),
         extra=s.get("extra", {}),
     )
+    fix = "install the package that defines it, or resume from Python with your Agent"
     hooks: dict[str, Any] = {}
     for hook in ("answer_from", "render_task"):
-        name = desc.get(hook)
-        if not name:
-            continue
-        try:
-            hooks[hook] = function_by_name(name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(
-                f"agent.{hook}",
-                f"the run's {hook} function {name} cannot be imported: {exc}",
-                "install the package that defines it, or resume from Python with your Agent",
-            ) from exc
+        fn = _function(desc, hook, fix)
+        if fn is not None:
+            hooks[hook] = fn
     return Agent(
         build_policy(desc["policy"]),
         system_prompt=desc.get("system_prompt"),

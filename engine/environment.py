@@ -87,7 +87,13 @@ class Observation:
 
 @runtime_checkable
 class Environment(Protocol):
-    """An environment handle. It may live in this process, a worker or a pod."""
+    """An environment handle. It may live in this process, a worker or a pod.
+
+    Optional: ``async def respond(self, reply: str | None) -> Observation | None``
+    (see `Responsive`), the environment's turn after a model reply with no
+    tool calls, for multi-turn user conversations and simulated users.
+    Without it, or when it returns None, that reply is the final answer.
+    """
 
     @property
     def tools(self) -> list[ToolSpec]: ...
@@ -97,6 +103,34 @@ class Environment(Protocol):
     async def step(self, call: ToolCall) -> Observation: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Responsive(Protocol):
+    """An environment that speaks for a user between the model's turns.
+
+    The driver calls ``respond(reply)`` when the model's reply has no tool
+    calls (``reply`` is its text). It returns:
+
+    - None: no more user turns; the reply is the final answer, as without it;
+    - an `Observation` with ``done=False``: its ``content`` is the next user
+      message (appended as role ``user``) and the loop goes on; the driver
+      reads ``tools`` again, so a user turn may offer new tools;
+    - an `Observation` with ``done=True``: the episode ends with its
+      ``answer`` (failed when None). An environment that keeps a call log or
+      a state puts it in ``answer`` for the scorer; the ground truth never
+      enters the environment.
+
+    Each call counts against the step timeout; the turn budget counts model
+    calls, user turns included.
+    """
+
+    async def respond(self, reply: str | None) -> Observation | None: ...
+
+
+def responds(env: object) -> bool:
+    """Whether ``env`` has a `Responsive.respond` method."""
+    return callable(getattr(env, "respond", None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,5 +47,18 @@ class EnvironmentLost(InfraError):
     """The environment (or the worker hosting it) went away mid-rollout."""
 
 
+class AgentFailed(DrillyardError):
+    """The agent ended without a scorable answer: its own fault, not the infrastructure's.
+
+    The rollout is ``failed`` with reward 0 and is not retried (turn limit, no
+    answer, an exception in an app's own agent code). ``detail`` may hold a
+    traceback for the record.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.detail = detail
+
+
 class NotRetryable(DrillyardError):
     """A fault that another attempt cannot fix (for example a scorer that raises)."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from engine.agent import Agent
+from engine.agent import AnyAgent
 from engine.backend import EnvFactory
 from engine.environment import EnvSpec
 from engine.recording import RolloutState
@@ -41,7 +41,7 @@ class BatchItem:
     optionally its own agent and the headers stamped on its messages."""
 
     task: Task
-    agent: Agent | None = None
+    agent: AnyAgent | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     rollout_id: str | None = None  # set when the batch adds the rollout to the store
 
@@ -69,7 +69,7 @@ class LiveRun:
         self,
         engine: Engine,
         run_id: str,
-        agent: Agent | None,
+        agent: AnyAgent | None,
         environment: EnvSpec | EnvFactory,
         scorer: Scorer,
         *,
@@ -140,10 +140,13 @@ class LiveRun:
             if on_result is not None:
                 on_result(i, result)
 
+        agents = [self.agent, *(i.agent for i in items)]
+        uses_gateway = any(a is not None and a.uses_gateway for a in agents)
         scheduler = Scheduler(
             run_id=self.id,
             store=store,
             backend=self.engine.backend,
+            gateway=await self.engine.gateway() if uses_gateway else None,
             agent=default,
             environment=self.environment,
             scorer=self.scorer,

@@ -35,7 +35,8 @@ TERMINAL = frozenset({S.DONE, S.FAILED, S.ERROR, S.TIMED_OUT, S.CANCELLED})
 _ENDS = {S.ERROR, S.TIMED_OUT, S.CANCELLED}
 TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
     S.QUEUED: frozenset({S.STARTING, S.CANCELLED}),
-    S.STARTING: frozenset({S.GENERATING, *_ENDS}),
+    # an app's own agent may call a tool first, or end before any model call
+    S.STARTING: frozenset({S.GENERATING, S.ACTING, S.SCORING, S.FAILED, *_ENDS}),
     S.GENERATING: frozenset({S.ACTING, S.SCORING, S.FAILED, *_ENDS}),
     S.ACTING: frozenset({S.GENERATING, S.SCORING, S.FAILED, *_ENDS}),
     S.SCORING: frozenset({S.DONE, S.FAILED, S.ERROR, S.CANCELLED}),

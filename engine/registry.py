@@ -31,6 +31,8 @@ _BUILTINS: dict[str, dict[str, tuple[str, str | None]]] = {
         "mcp": ("tools.mcp:MCPEnvironment", "mcp"),
         "gaia": ("gaia.environment:GaiaEnvironment", "gaia"),
         "secret_word": ("engine.training.secret_env:SecretWordEnvironment", None),
+        "stateful": ("tools.stateful.environment:StatefulEnvironment", "scaler"),
+        "bfcl": ("bfcl.environment:BFCLEnvironment", "bfcl"),
     },
     "scorers": {
         "exact": ("engine.scoring:exact_match", None),
@@ -38,6 +40,9 @@ _BUILTINS: dict[str, dict[str, tuple[str, str | None]]] = {
         "arithmetic": ("engine.envs.arithmetic:score", None),
         "gaia": ("gaia.scorer:gaia_score", None),
         "secret_share": ("engine.training.secret_env:secret_share", None),
+        "state_alignment": ("tools.stateful.scoring:state_alignment", "scaler"),
+        "call_match": ("tools.stateful.scoring:call_match", "scaler"),
+        "bfcl": ("bfcl.scorer:bfcl_score", "bfcl"),
     },
 }
 _REGISTERED: dict[str, dict[str, Any]] = {kind: {} for kind in _BUILTINS}

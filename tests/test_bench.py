@@ -147,6 +147,23 @@ def test_scale_and_ingest_modes_run(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "ingest.json").read_text())["stored"] == 5000
 
 
+def test_gateway_mode_compares_every_way_to_the_model(tmp_path: Path) -> None:
+    main(["--gateway", "--gateway-rollouts", "6", "--gateway-in-flight", "1,3",
+          "--gateway-calls", "2", "--out", str(tmp_path)])  # fmt: skip
+    result = json.loads((tmp_path / "gateway.json").read_text())
+    rows = {(r["mode"], r["in_flight"]): r for r in result["rows"]}
+    modes = {"policy", "direct", "gateway"}
+    if importlib.util.find_spec("openai"):
+        modes.add("openai")
+    assert set(rows) == {(m, n) for m in modes for n in (1, 3)}
+    assert all(r["calls"] == 12 for r in rows.values())
+    for n in (1, 3):  # the gateway's cost is read against the direct path
+        gw, direct = rows[("gateway", n)], rows[("direct", n)]
+        assert gw["added_p50_ms"] == gw["p50_ms"] - direct["p50_ms"]
+        assert direct["added_p50_ms"] is None
+    assert "| gateway | 3 | 12 |" in (tmp_path / "gateway.md").read_text()
+
+
 def test_bad_options_are_refused() -> None:
     for argv in (["--slots", "1"], ["--slots", "x"], ["--backend-options", "[1]"]):
         with pytest.raises(SystemExit):

@@ -8,6 +8,7 @@ import engine
 def test_public_names_are_pinned() -> None:
     assert sorted(engine.__all__) == [
         "Agent",
+        "AppAgent",
         "Backend",
         "Category",
         "Completion",
@@ -21,6 +22,8 @@ def test_public_names_are_pinned() -> None:
         "FunctionTool",
         "InfraError",
         "Message",
+        "ModelCall",
+        "MultiServerPolicy",
         "NotRetryable",
         "Observation",
         "OpenAIPolicy",
@@ -28,6 +31,7 @@ def test_public_names_are_pinned() -> None:
         "PluginNotFound",
         "Policy",
         "PolicyError",
+        "RolloutContext",
         "RolloutRecord",
         "RolloutState",
         "Run",
@@ -45,6 +49,7 @@ def test_public_names_are_pinned() -> None:
         "extract_answer",
         "load_tasks",
         "pass_at_k",
+        "policy_affinity",
         "register",
     ]
     for name in engine.__all__:

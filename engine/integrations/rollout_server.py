@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 import structlog
 from aiohttp import web
@@ -54,6 +53,7 @@ from engine.integrations.swift_protocol import (
 )
 from engine.live import BatchItem, BatchResult, LiveRun
 from engine.policy.base import Policy, SamplingParams, preflight
+from engine.policy.multi import MultiServerPolicy
 from engine.policy.openai import OpenAIPolicy
 from engine.recording import RolloutState
 from engine.resources import AsyncResource
@@ -100,18 +100,13 @@ class RolloutServer(AsyncResource):
             step_timeout=config.step_timeout,
             progress=False,
         )
-        self.policy: Policy = policy or OpenAIPolicy(
-            config.policy_urls[0],
-            str(config.model),
-            api_key=config.api_key,
-            max_in_flight=config.max_model_requests,
-            timeout=config.step_timeout,
-            version=version_name(0),
-            exact_tokens=True,
+        self.policy: Policy = policy or _policy(config)
+        # one reloader over every server: a new version reaches all before any serves it
+        self.reloader = (
+            WeightReloader(config.policy_urls, policy=self.policy) if config.policy_urls else None
         )
-        self.reloaders = [WeightReloader(url, policy=self.policy) for url in config.policy_urls]
         self.sync = WeightSync(
-            self.reloaders, max_staleness=config.max_staleness, wait_timeout=config.sync_timeout
+            self.reloader, max_staleness=config.max_staleness, wait_timeout=config.sync_timeout
         )
         self.live: LiveRun | None = None
         self.batches = 0
@@ -138,10 +133,6 @@ class RolloutServer(AsyncResource):
                     "system_prompt": self.config.system_prompt,
                 },
             )
-            if self.reloaders:
-                root = await self.reloaders[0].served_model_root()
-                if root and await anyio.Path(root).is_dir():
-                    self.sync.last_good = Path(root)  # where a failed update goes back to
             self._runner = web.AppRunner(self.app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -160,8 +151,8 @@ class RolloutServer(AsyncResource):
             await runner.cleanup()
         if self.live is not None:
             await self.live.finish("failed" if self.sync.stopped else "finished")
-        for reloader in self.reloaders:
-            await reloader.aclose()
+        if self.reloader is not None:
+            await self.reloader.aclose()
         close = getattr(self.policy, "aclose", None)
         if close is not None:
             await close()
@@ -237,9 +228,10 @@ class RolloutServer(AsyncResource):
         return web.json_response(engine_type())
 
     async def _reset_prefix_cache(self, request: web.Request) -> web.Response:
-        for reloader in self.reloaders:
-            await reloader.reset_prefix_cache()
-        return web.json_response({"message": f"reset on {len(self.reloaders)} server(s)"})
+        if self.reloader is not None:
+            await self.reloader.reset_prefix_cache()
+        servers = len(self.reloader.urls) if self.reloader else 0
+        return web.json_response({"message": f"reset on {servers} server(s)"})
 
     async def _nothing_cached(self, request: web.Request) -> web.Response:
         return web.json_response({"message": "nothing cached (text-only rollouts)"})
@@ -273,7 +265,7 @@ class RolloutServer(AsyncResource):
         result = await self.sync.apply(body["weights_path"], step, bool(body.get("overlap")))
         assert self.live is not None
         self.live.store.record_train_step(
-            self.live.id, step, sync_reload_s=sum(result.reload_s.values()),
+            self.live.id, step, sync_reload_s=result.reload_wall_s,
             sync_wait_s=round(result.waited_s, 4), policy_version=result.version,
         )  # fmt: skip
         await self.live.store.commit()
@@ -344,7 +336,7 @@ class RolloutServer(AsyncResource):
         """The reply for one rollout: token-exact trajectories go as one assistant
         message holding every id after the first prompt (observations masked out);
         others turn by turn (swift then renders the observations itself)."""
-        assert self.live is not None and item.agent is not None
+        assert self.live is not None and isinstance(item.agent, Agent)
         trajectory = await load_trajectory(self.live.store, result.rollout_id)
         scored = result.state in SCORED and trajectory is not None and bool(trajectory.turns)
         if trajectory is None or not trajectory.turns:
@@ -407,7 +399,7 @@ class RolloutServer(AsyncResource):
         """A one-token trajectory for a sample that never generated (its environment
         never came up): its prompt, then the end-of-turn token, as if the model had
         said nothing. It copies no other sample, is masked out and has no reward."""
-        assert item.agent is not None
+        assert isinstance(item.agent, Agent)
         first = item.agent.first_messages(item.task.view(), item.task.prompt)
         tokenize = getattr(self.policy, "tokenize", None)
         end = getattr(self.policy, "end_of_turn_token", None)
@@ -451,6 +443,20 @@ def _sampling(batch: InferBatch) -> SamplingParams:
         # keep <tool_call> markers in the text, so Hermes calls parse from it too
         extra={"skip_special_tokens": False, **extra},
     )
+
+
+def _policy(config: FeedConfig) -> Policy:
+    """The policy over the run's vLLM servers, with token-exact multi-turn prompts."""
+    common: dict[str, Any] = {
+        "api_key": config.api_key,
+        "max_in_flight": config.max_model_requests,
+        "timeout": config.step_timeout,
+        "version": version_name(0),
+        "exact_tokens": True,
+    }
+    if len(config.policy_urls) > 1:
+        return MultiServerPolicy(config.policy_urls, str(config.model), **common)
+    return OpenAIPolicy(config.policy_urls[0], str(config.model), **common)
 
 
 def _environment(config: FeedConfig) -> EnvSpec:

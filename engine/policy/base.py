@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from engine.environment import ToolCall, ToolSpec
 from engine.policy.tokens import TOKEN_IDS_KEY
+
+affinity: ContextVar[str | None] = ContextVar("drillyard_policy_affinity", default=None)
+"""Which conversation the model calls in this context belong to (a rollout's id).
+
+Set by the rollout driver around every attempt (and by a gateway per request);
+a policy over several servers keeps the calls of one key on one server (its
+prefix cache). None: no conversation, any server will do."""
+
+
+@contextmanager
+def policy_affinity(key: str | None) -> Iterator[None]:
+    """``with policy_affinity(rollout_id):`` the model calls inside belong to ``key``."""
+    token = affinity.set(key)
+    try:
+        yield
+    finally:
+        affinity.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +79,9 @@ class Completion:
     # the model did not end itself, and their logprobs (`engine.policy.tokens`)
     closing: list[int] | None = None
     closing_logprobs: list[float] | None = None
+    logprobs_content: list[dict[str, Any]] | None = None
+    """The server's ``logprobs.content`` as it sent it (tokens, top logprobs), for
+    the gateway to pass on to an app that asked; not recorded (``logprobs`` is)."""
 
     def assistant_message(self) -> dict[str, Any]:
         """The OpenAI-format assistant message to append to the conversation; it

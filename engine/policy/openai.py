@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Self
 
 import aiohttp
@@ -22,6 +24,22 @@ from engine.resources import AsyncResource, close_session
 log = structlog.get_logger("drillyard.policy")
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# the server could not be reached or dropped the connection: it may be gone
+GONE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+
+
+Post = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Sends one request body to a path of the API and returns the parsed JSON reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One try that a retry may absorb: why, the HTTP status if one came back, and
+    whether the server could not be reached at all (refused, reset, cut off)."""
+
+    reason: str
+    status: int | None = None
+    unreachable: bool = False
 
 
 class OpenAIPolicy(AsyncResource):
@@ -190,17 +208,32 @@ class OpenAIPolicy(AsyncResource):
         params: SamplingParams | None = None,
         n: int = 1,
     ) -> list[Completion]:
+        return await self.complete_via(self._post, messages, tools, params, n)
+
+    async def complete_via(
+        self,
+        post: Post,
+        messages: list[dict[str, Any]],
+        tools: list[ToolSpec] | None = None,
+        params: SamplingParams | None = None,
+        n: int = 1,
+        tokens: TokenContinuation | None = None,
+    ) -> list[Completion]:
+        """`complete`, with the request sent by ``post(path, body)``: for a caller
+        that routes and retries requests itself (`MultiServerPolicy`, which also
+        brings its own ``tokens`` for exact multi-turn prompts)."""
         body = self.request_body(messages, tools, params or SamplingParams(), n)
         cont = None
-        if self._tokens is not None:
+        tokens = tokens or self._tokens
+        if tokens is not None:
             body["return_token_ids"] = True
-            cont = await self._tokens.continuation(messages, tools)
+            cont = await tokens.continuation(messages, tools)
             if cont is not None:
                 body["kv_transfer_params"] = {"prompt_token_ids": cont.prompt_token_ids}
                 if cont.closing is not None:
                     body["prompt_logprobs"] = 0
         version = self.version  # the weights the request was sent to, not those after a reload
-        data = await self._post("/chat/completions", body)
+        data = await post("/chat/completions", body)
         completions = self.parse_response(data, version)
         if cont is not None and cont.closing is not None:
             closing = _closing_logprobs(data, cont)
@@ -242,42 +275,61 @@ class OpenAIPolicy(AsyncResource):
 
     async def _post(self, path: str, body: dict[str, Any], *, root: bool = False) -> dict[str, Any]:
         url = self._url(path, root)
-        # encoded once for every try, as a payload aiohttp need not look up a type for
-        data = aiohttp.BytesPayload(orjson.dumps(body), content_type="application/json")
+        data = _encoded(body)  # once, for every try
         last = "no attempt made"
         async with self._limit:
-            session = self._ensure_session()
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.retried += 1
-                    delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                    await anyio.sleep(delay * (0.5 + random.random() / 2))
-                self.requests += 1
-                try:
-                    # the session's timeout bounds the try, body read included
-                    async with session.post(url, data=data) as resp:
-                        raw = await resp.read()
-                        status = resp.status
-                except TimeoutError:
-                    last = f"no reply within {self.timeout}s"
-                    continue
-                except (aiohttp.ClientError, OSError) as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                    continue
-                if status == 200:
-                    try:
-                        parsed: dict[str, Any] = orjson.loads(raw)
-                        return parsed
-                    except orjson.JSONDecodeError:
-                        last = f"200 with a body that is not JSON: {raw[:200]!r}"
-                        continue
-                detail = raw[:500].decode(errors="replace")
-                if status in RETRY_STATUSES:
-                    last = f"HTTP {status}: {detail}"
-                    log.debug("policy retry", status=status, attempt=attempt)
-                    continue
-                raise NotRetryable(f"model server refused the request: HTTP {status}: {detail}")
+                    await anyio.sleep(self.retry_delay(attempt))
+                result = await self._try(url, data)
+                if not isinstance(result, Failure):
+                    return result
+                last = result.reason
+                if result.status is not None:
+                    log.debug("policy retry", status=result.status, attempt=attempt)
         raise PolicyError(f"model server at {url} failed after {self.retries + 1} tries: {last}")
+
+    def retry_delay(self, attempt: int) -> float:
+        """The jittered exponential backoff before retry number ``attempt`` (1, 2, …)."""
+        delay = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        return delay * (0.5 + random.random() / 2)
+
+    async def post_once(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | Failure:
+        """One try under the in-flight limit and the ``timeout``, no retry: the
+        parsed JSON reply, or the `Failure` a retry may absorb. A refused request
+        (4xx other than `RETRY_STATUSES`) raises `NotRetryable`."""
+        async with self._limit:
+            return await self._try(self._url(path, False), _encoded(body), headers)
+
+    async def _try(
+        self, url: URL, data: aiohttp.BytesPayload, headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | Failure:
+        session = self._ensure_session()
+        self.requests += 1
+        try:
+            # the session's timeout bounds the try, body read included: one timer a try
+            async with session.post(url, data=data, headers=headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            return Failure(f"no reply within {self.timeout}s")
+        except GONE as exc:
+            return Failure(f"{type(exc).__name__}: {exc}", unreachable=True)
+        except (aiohttp.ClientError, OSError) as exc:
+            return Failure(f"{type(exc).__name__}: {exc}")
+        if status == 200:
+            try:
+                parsed: dict[str, Any] = orjson.loads(raw)
+                return parsed
+            except orjson.JSONDecodeError:
+                return Failure(f"200 with a body that is not JSON: {raw[:200]!r}")
+        detail = raw[:500].decode(errors="replace")
+        if status in RETRY_STATUSES:
+            return Failure(f"HTTP {status}: {detail}", status=status)
+        raise NotRetryable(f"model server refused the request: HTTP {status}: {detail}")
 
     def parse_response(self, data: dict[str, Any], version: str | None = None) -> list[Completion]:
         usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
@@ -290,7 +342,8 @@ class OpenAIPolicy(AsyncResource):
             if not calls and isinstance(content, str) and "<tool_call>" in content:
                 content, calls = parse_hermes(content, id_prefix=f"call_{index}")
             lp = choice.get("logprobs") or {}
-            logprobs = [t.get("logprob") for t in lp.get("content") or []] or None
+            content_lp = lp.get("content") or None
+            logprobs = [t.get("logprob") for t in content_lp or []] or None
             out.append(
                 Completion(
                     content=content,
@@ -302,11 +355,17 @@ class OpenAIPolicy(AsyncResource):
                     usage=usage,
                     model=data.get("model"),
                     policy_version=version if version is not None else self.version,
+                    logprobs_content=content_lp,
                 )
             )
         if not out:
             raise PolicyError(f"model server returned no choices: {str(data)[:300]}")
         return out
+
+
+def _encoded(body: dict[str, Any]) -> aiohttp.BytesPayload:
+    """A request body encoded once (orjson), as a payload aiohttp need not look up a type for."""
+    return aiohttp.BytesPayload(orjson.dumps(body), content_type="application/json")
 
 
 def _closing_logprobs(data: dict[str, Any], cont: Continuation) -> list[float] | None:

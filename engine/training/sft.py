@@ -13,12 +13,15 @@ One JSONL line per rollout that ended ``done`` with reward ≥ ``threshold``
 Train with ``swift sft --dataset FILE --agent_template hermes ...``. A plain
 reply that an environment answered (a text-action environment) is an
 assistant message followed by a user message; the last message is always the
-assistant's.
+assistant's. A run of an app's own agent (`engine.AppAgent`) gives one row
+per agent of each rollout: the conversation of that agent's last model call,
+as the app sent it, with the reply, and the tools that call offered.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from engine.backend import build_environment
 from engine.environment import EnvSpec, ToolSpec
 from engine.store import RolloutRecord, TraceStore
 from engine.training.trajectory import load_trajectory
+from engine.trajectory import conversations
 
 
 def _arguments(raw: str) -> Any:
@@ -35,6 +39,11 @@ def _arguments(raw: str) -> Any:
         return json.loads(raw) if raw.strip() else {}
     except ValueError:
         return raw
+
+
+def _tool_call(name: Any, arguments: str) -> dict[str, Any]:
+    body = {"name": name, "arguments": _arguments(arguments)}
+    return {"role": "tool_call", "content": json.dumps(body, ensure_ascii=False)}
 
 
 async def _run_tools(store: TraceStore, run_id: str) -> list[ToolSpec]:
@@ -75,8 +84,7 @@ async def sft_row(
         if content or not turn.tool_calls:
             out.append({"role": "assistant", "content": content})
         for call in turn.tool_calls:
-            body = {"name": call.get("name"), "arguments": _arguments(call["arguments"])}
-            out.append({"role": "tool_call", "content": json.dumps(body, ensure_ascii=False)})
+            out.append(_tool_call(call.get("name"), call["arguments"]))
         for obs in turn.observations:
             role = "tool_response" if obs["role"] == "tool" else "user"
             out.append({"role": role, "content": obs["content"]})
@@ -90,6 +98,48 @@ async def sft_row(
     return row
 
 
+def _text(content: Any) -> str:
+    """A message's content as text (OpenAI content parts joined)."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def swift_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI-format messages in ms-swift's agent format (``tool_call``/``tool_response``)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role, content = m.get("role"), _text(m.get("content"))
+        if role == "assistant":
+            calls = m.get("tool_calls") or []
+            if content or not calls:
+                out.append({"role": "assistant", "content": content})
+            for call in calls:
+                fn = call.get("function") or {}
+                out.append(_tool_call(fn.get("name"), fn.get("arguments") or ""))
+        elif role == "tool":
+            out.append({"role": "tool_response", "content": content})
+        elif role in ("system", "user"):
+            out.append({"role": role, "content": content})
+    while out and out[-1]["role"] != "assistant":
+        out.pop()
+    return out
+
+
+async def app_sft_rows(store: TraceStore, rollout: RolloutRecord) -> list[dict[str, Any]]:
+    """An app agent's rollout as SFT rows: one per agent that ended on a reply."""
+    rows = []
+    recorded = await store.messages(rollout.id)
+    for messages, tools in conversations(recorded, rollout.attempt).values():
+        out = swift_messages(messages)
+        if any(m["role"] == "assistant" for m in out):
+            row: dict[str, Any] = {"messages": out}
+            if tools:
+                row["tools"] = json.dumps(tools, ensure_ascii=False)
+            rows.append(row)
+    return rows
+
+
 async def export_sft(
     store: TraceStore,
     run_id: str,
@@ -97,10 +147,14 @@ async def export_sft(
     *,
     threshold: float = 1.0,
     tools: list[ToolSpec] | None = None,
+    rollout_ids: Collection[str] | None = None,
 ) -> int:
-    """Write the run's successful trajectories as swift SFT JSONL; return the count."""
+    """Write the run's successful trajectories as swift SFT JSONL; return the count.
+
+    ``rollout_ids`` keeps only those rollouts (say, the ones a filter kept)."""
     record = await store.run(run_id)
-    if tools is None:  # a text-action environment's tool is not the model's to call
+    app_agent = (record.config.get("agent") or {}).get("kind") == "function"
+    if tools is None and not app_agent:  # a text-action environment's tool is not the model's
         text_actions = bool(_run_setting(record.config, "text_tool"))
         tools = [] if text_actions else await _run_tools(store, run_id)
     system = _system_prompt(record.config)
@@ -108,7 +162,12 @@ async def export_sft(
     for r in await store.rollouts(run_id, "done"):
         if r.reward is None or r.reward < threshold:
             continue
-        row = await sft_row(store, r, tools, system)
+        if rollout_ids is not None and r.id not in rollout_ids:
+            continue
+        if app_agent:
+            rows.extend(await app_sft_rows(store, r))
+            continue
+        row = await sft_row(store, r, tools or [], system)
         if row is not None:
             rows.append(row)
     path = Path(path)

@@ -15,10 +15,10 @@ weights arrived (lag 0); with ``--async_generate`` the next batch is generated
 while the current step trains (lag 1). A batch that would lag more than
 ``max_staleness`` waits, before it starts, for newer weights.
 
-A checkpoint that fails to load stops the sync for good: the servers are put
-back on the last weights that loaded, and every later request is refused with
-the reason (`SyncStopped`), so training never goes on against half-updated
-servers.
+A checkpoint that fails to load stops the sync for good: the reloader puts
+every server back on the weights it served before (`WeightReloader.reload` is
+all or none), and every later request is refused with the reason
+(`SyncStopped`), so training never goes on against half-updated servers.
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ class SyncResult:
     version: str
     weights_path: str
     waited_s: float
-    reload_s: dict[str, float] = field(default_factory=dict)
+    reload_s: dict[str, float] = field(default_factory=dict)  # per server
+    reload_wall_s: float = 0.0  # all servers, from the first pause to the last resume
 
     @property
     def total_s(self) -> float:
-        return self.waited_s + sum(self.reload_s.values())
+        return self.waited_s + self.reload_wall_s
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class SyncResult:
             "weights_path": self.weights_path,
             "waited_s": round(self.waited_s, 4),
             "reload_s": self.reload_s,
+            "reload_wall_s": self.reload_wall_s,
             "total_s": round(self.total_s, 4),
         }
 
@@ -104,20 +106,19 @@ class WeightSync:
 
     def __init__(
         self,
-        reloaders: list[WeightReloader],
+        reloader: WeightReloader | None,
         *,
         max_staleness: int = 1,
         wait_timeout: float = 600.0,
     ) -> None:
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
-        self.reloaders = reloaders
+        self.reloader = reloader  # None: no model server to update (tests, scripted policies)
         self.max_staleness = max_staleness
         self.wait_timeout = wait_timeout
         self.step = 0  # the trainer step of the weights being served
         self.overlap = False  # the trainer generates the next batch while it trains
         self.stopped: str | None = None
-        self.last_good: Path | None = None
         self.history: list[SyncResult] = []
         self.in_flight = 0
         self._changed = asyncio.Condition()
@@ -168,38 +169,31 @@ class WeightSync:
         try:
             await anyio.to_thread.run_sync(check_checkpoint, path)
         except ReloadError as exc:  # nothing was touched: the servers keep their weights
-            await self._stop(f"weights of step {step}: {exc}", restore=False)
+            await self._stop(f"weights of step {step}: {exc}")
             raise SyncStopped(self.stopped or str(exc)) from exc
         self.overlap = overlap
         async with self._changed:
             what = f"weights of step {step} (for the rollouts in flight)"
             waited = await self._wait(lambda: self.in_flight == 0, what)
             result = SyncResult(step, version_name(step), str(path), waited)
-            for reloader in self.reloaders:
-                try:
-                    done = await reloader.reload(path, result.version)
+            if self.reloader is not None:
+                try:  # all servers or none; a failure leaves each on its old weights
+                    done = await self.reloader.reload(path, result.version)
                 except ReloadError as exc:
-                    await self._stop(f"weights of step {step} from {path} failed to load on "
-                                     f"{reloader.url}: {exc}", restore=True)  # fmt: skip
+                    await self._stop(f"weights of step {step} from {path} failed to load: {exc}")
                     raise SyncStopped(self.stopped or str(exc)) from exc
-                result.reload_s[reloader.url] = round(done.total_s, 4)
-            self.step, self.last_good = step, path
+                result.reload_s = {url: round(sum(t.values()), 4)
+                                   for url, t in done.per_server.items()}  # fmt: skip
+                result.reload_wall_s = round(done.total_s, 4)
+            self.step = step
             self._changed.notify_all()
         self.history.append(result)
         log.info("weights served", **result.to_dict())
         return result
 
-    async def _stop(self, reason: str, *, restore: bool) -> None:
-        """Refuse what follows; put every server back on the last weights that loaded."""
+    async def _stop(self, reason: str) -> None:
+        """Refuse every later batch and update, naming ``reason``."""
         self.stopped = reason
         log.error("weight sync stopped", reason=reason)
         async with self._changed:
             self._changed.notify_all()
-        if not restore or self.last_good is None:
-            return
-        version = version_name(self.step)
-        for reloader in self.reloaders:
-            try:
-                await reloader.reload(self.last_good, version)
-            except ReloadError as exc:
-                self.stopped += f"; restoring {self.last_good} on {reloader.url} failed too: {exc}"

@@ -5,8 +5,9 @@ server's replies to swift, SFT export): it starts at the attempt's environment
 reset (an engine retry restarts the episode), and yields each model reply with
 its exact token ids, prompt token ids, logprobs and policy version, followed by
 the observations the environment answered it with. A plain reply that a
-text-action tool answered is followed by a ``user`` observation, a tool call's
-result by a ``tool`` one; replays of earlier actions are not observations.
+text-action tool answered, or that the environment's user answered with a new
+turn (`Environment.respond`), is followed by a ``user`` observation, a tool
+call's result by a ``tool`` one; replays of earlier actions are not observations.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from engine.messages import Category, Message
 from engine.store import TraceStore
+from engine.trajectory import TokenTrajectory, token_trajectories
 
 
 @dataclass(slots=True)
@@ -30,8 +32,6 @@ class Turn:
     finish_reason: str | None
     policy_version: str | None
     observations: list[dict[str, str]] = field(default_factory=list)
-    closing: list[int] | None = None
-    closing_logprobs: list[float] | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +71,7 @@ class Trajectory:
     task: dict[str, Any]
     first_observation: str
     turns: list[Turn]
+    tokens: TokenTrajectory | None = None  # the agent's model calls as one token sequence
 
     @property
     def token_exact(self) -> bool:
@@ -83,47 +84,46 @@ class Trajectory:
         return [t.policy_version for t in self.turns]
 
     def packed(self, end_token: int | None = None) -> Packed | None:
-        """Everything after the first prompt as one sequence (`Packed`); None unless
-        every turn carries its ids and every later prompt extends the previous
-        prompt and completion (see `engine.policy.tokens`). ``end_token`` (the
-        end-of-turn id) is appended, not trained, when the last completion stopped
-        without it (cut at its length limit), so a trainer's template adds none."""
-        turns = self.turns
-        if not turns or not all(t.token_ids and t.prompt_token_ids for t in turns):
+        """Everything after the first prompt as one sequence (`Packed`), from the
+        agent's token trajectory (`engine.trajectory`); None unless every turn
+        carries its ids and every later prompt extends the previous prompt and
+        completion (see `engine.policy.tokens`). ``end_token`` (the end-of-turn id)
+        is appended, not trained, when the last completion stopped without it (cut
+        at its length limit), so a trainer's template adds none."""
+        tokens = self.tokens
+        if tokens is None or not tokens.trainable:
             return None
-        seq: list[int] = list(turns[0].prompt_token_ids or [])
-        start = len(seq)
-        sampled, closing = [False] * start, [False] * start
-        lps: list[float | None] = [None] * start
-        for turn in turns:
-            prompt, ids = turn.prompt_token_ids or [], turn.token_ids or []
-            if prompt[: len(seq)] != seq:
-                return None
-            grown = len(prompt) - len(seq)
-            sampled += [False] * grown
-            closing += [False] * grown
-            lps += [None] * grown
-            if turn.closing:
-                first, end = turn.closing
-                for k, pos in enumerate(range(first, end)):
-                    closing[pos] = True
-                    lps[pos] = turn.closing_logprobs[k] if turn.closing_logprobs else None
-            known = turn.logprobs is not None and len(turn.logprobs) == len(ids)
-            seq = [*prompt, *ids]
-            sampled += [True] * len(ids)
-            closing += [False] * len(ids)
-            lps += list(turn.logprobs) if known and turn.logprobs else [None] * len(ids)
-        if end_token is not None and seq[-1] != end_token:
-            seq.append(end_token)
-            sampled.append(False)
-            closing.append(False)
-            lps.append(None)
-        return Packed(seq[start:], sampled[start:], closing[start:], lps[start:])
+        start = tokens.prompt_length
+        closing = set(tokens.closing)
+        seq = tokens.token_ids[start:]
+        sampled = [
+            m == 1 and start + i not in closing for i, m in enumerate(tokens.loss_mask[start:])
+        ]
+        marks = [start + i in closing for i in range(len(seq))]
+        lps: list[float | None] = (
+            list(tokens.logprobs[start:]) if tokens.logprobs is not None else [None] * len(seq)
+        )
+        if end_token is not None and seq and seq[-1] != end_token:
+            seq, sampled, marks, lps = (
+                [*seq, end_token],
+                [*sampled, False],
+                [*marks, False],
+                [*lps, None],
+            )
+        return Packed(seq, sampled, marks, lps)
+
+
+def _is(message: Message, category: Category, topic: str) -> bool:
+    return message.category == category and message.topic == topic
 
 
 def trajectory_of(rollout_id: str, messages: list[Message]) -> Trajectory | None:
     """The trajectory of the last attempt that reached an environment reset."""
-    resets = [i for i, m in enumerate(messages) if m.category == Category.OBSERVATION]
+    resets = [
+        i
+        for i, m in enumerate(messages)
+        if m.category == Category.OBSERVATION and m.topic == "reset"
+    ]
     if not resets:
         return None
     start = resets[-1]
@@ -147,14 +147,18 @@ def trajectory_of(rollout_id: str, messages: list[Message]) -> Trajectory | None
                     logprobs=p.get("logprobs"),
                     finish_reason=p.get("finish_reason"),
                     policy_version=p.get("policy_version"),
-                    closing=p.get("closing"),
-                    closing_logprobs=p.get("closing_logprobs"),
                 )
             )
         elif m.category == Category.TOOL_RESULT and m.topic != "replay" and turns:
             role = "tool" if turns[-1].tool_calls else "user"
             turns[-1].observations.append({"role": role, "content": str(p.get("content", ""))})
-    return Trajectory(rollout_id, reset.attempt, task, str(reset.payload.get("content", "")), turns)
+        elif _is(m, Category.OBSERVATION, "respond") and turns and not p.get("done"):
+            # the environment's user speaks again: a new user turn
+            turns[-1].observations.append({"role": "user", "content": str(p.get("content"))})
+    agents = token_trajectories(rollout_id, messages[start + 1 :], reset.attempt)
+    observation = str(reset.payload.get("content", ""))
+    return Trajectory(rollout_id, reset.attempt, task, observation, turns,
+                      agents[0] if len(agents) == 1 else None)  # fmt: skip
 
 
 async def load_trajectory(store: TraceStore, rollout_id: str) -> Trajectory | None:

@@ -5,6 +5,7 @@ testing the client's retries. The happy path is tested against real vLLM."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,23 +16,32 @@ from aiohttp import web
 class ChatServer:
     """Serves ``POST /v1/chat/completions``; each request takes the next item of
     ``script``: an int status code, ``"hang"``, ``"drop"``, a dict reply, or a
-    function of the request body returning one of those (the last item repeats)."""
+    function of the request body returning one of those, or an awaitable of one
+    (the last item repeats). ``GET /health`` answers ``health`` (a status code)."""
 
-    def __init__(self, script: list[Any]) -> None:
+    def __init__(self, script: list[Any], *, health: int = 200) -> None:
         self.script = script
         self.requests: list[dict[str, Any]] = []
+        self.request_ids: list[str | None] = []  # the X-Request-Id of each request
+        self.health = health
         self.url = ""
         self._release = asyncio.Event()
 
     def _next(self) -> Any:
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
 
+    async def handle_health(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=self.health)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        self.request_ids.append(request.headers.get("X-Request-Id"))
         item = self._next()
         if callable(item):
             item = item(body)
+        if inspect.isawaitable(item):
+            item = await item
         if item == "hang":  # until the client gives up (or the server stops)
             await self._release.wait()
             return web.Response(status=599)
@@ -47,6 +57,7 @@ class ChatServer:
     async def running(self) -> AsyncIterator[ChatServer]:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handle)
+        app.router.add_get("/health", self.handle_health)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -29,7 +29,7 @@ _QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
     r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-_FORMAT = 1  # bump when the recipe changes, so cached dirs are rebuilt
+_FORMAT = 2  # bump when the recipe changes, so cached dirs are rebuilt
 
 # Qwen2.5-style (Hermes tool calling) chat template.
 CHAT_TEMPLATE = r"""{%- if tools %}
@@ -187,7 +187,7 @@ def _build_tokenizer() -> Any:  # transformers.PreTrainedTokenizerFast
         pad_token=PAD_TOKEN,
         unk_token=None,
         additional_special_tokens=[IM_START, IM_END, TOOL_CALL_START, TOOL_CALL_END],
-        model_max_length=2048,
+        model_max_length=8192,
         clean_up_tokenization_spaces=False,
         chat_template=CHAT_TEMPLATE,
     )
@@ -231,7 +231,7 @@ def make_tiny_model(out_dir: Path, seed: int = 0) -> Path:
             num_hidden_layers=2,
             num_attention_heads=4,  # head size 32: the CPU attention minimum
             num_key_value_heads=2,
-            max_position_embeddings=2048,
+            max_position_embeddings=8192,  # room for a framework's long system prompt
             tie_word_embeddings=False,  # tied lm_head goes stale on CPU reload
             bos_token_id=None,
             eos_token_id=eos_id,

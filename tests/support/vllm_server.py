@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,6 +81,7 @@ class VLLMServer:
         extra_env: dict[str, str] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.port = port or free_port()
@@ -88,6 +90,7 @@ class VLLMServer:
         self.base_url = f"{self.url}/v1"
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(extra_env or {})
+        self.wrapper = list(wrapper or [])  # e.g. a bwrap jail the server runs in
         self.start_timeout_s = start_timeout_s
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -98,13 +101,14 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         return [
+            *self.wrapper,
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir),
             "--served-model-name", self.model,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--dtype", "float32",
-            "--max-model-len", "2048",
+            "--max-model-len", "8192",
             "--enable-auto-tool-choice",
             "--tool-call-parser", "hermes",
             "--enforce-eager",
@@ -212,3 +216,55 @@ class VLLMServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+REQUEST_LINE = re.compile(r"Received request chatcmpl-(\S+?): params")
+
+
+def received_request_ids(server: VLLMServer) -> list[str]:
+    """The request ids (``X-Request-Id``) in the server's log, in arrival order;
+    the server must run with ``--enable-log-requests``."""
+    if server.log_path is None or not server.log_path.exists():
+        return []
+    return REQUEST_LINE.findall(server.log_path.read_text(errors="replace"))
+
+
+class VLLMPair:
+    """Two servers of one model as on two machines: ``b`` runs in a bubblewrap
+    jail where the folder ``only_a`` is empty (a checkpoint written there
+    reaches server ``a`` only). Both log every request they receive."""
+
+    def __init__(self, model_dir: Path, only_a: Path, bwrap: str) -> None:
+        self.only_a = only_a
+        logs = ["--enable-log-requests"]
+        self.a = VLLMServer(model_dir, extra_args=logs)
+        jail = [bwrap, "--dev-bind", "/", "/", "--tmpfs", str(only_a), "--die-with-parent", "--"]
+        self.b = VLLMServer(model_dir, extra_args=logs, wrapper=jail)
+
+    @property
+    def servers(self) -> tuple[VLLMServer, VLLMServer]:
+        return self.a, self.b
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [self.a.base_url, self.b.base_url]
+
+    def start(self) -> VLLMPair:
+        try:
+            for server in self.servers:
+                server.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def revive(self) -> None:
+        """Restart (on its old port) a server that was killed."""
+        for server in self.servers:
+            if server.proc is None or server.proc.poll() is not None:
+                server.stop()
+                server.start()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

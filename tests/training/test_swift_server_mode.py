@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -52,6 +53,12 @@ def rows() -> list[dict[str, Any]]:
         }
         for fail in ("", "once", "always")
     ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def fixed_prompt_logprobs(server: Any) -> list[float]:
@@ -96,6 +103,7 @@ async def trained(
                 "--use_vllm", "true", "--vllm_mode", "server",
                 "--vllm_server_base_url", str(server.url), "--vllm_server_pass_dataset", "true",
                 "--vllm_server_timeout", "60", "--async_generate", "true",
+                "--vllm_server_group_port", str(free_port()),  # its group of one binds it
                 "--rollout_importance_sampling_mode", "token_truncate",
                 "--num_generations", "4", "--per_device_train_batch_size", "12",
                 "--gradient_accumulation_steps", "1", "--max_completion_length", "6",
@@ -114,7 +122,7 @@ async def trained(
             code = await anyio.to_thread.run_sync(train)
             tail = "\n".join(paths["log"].read_text(errors="replace").splitlines()[-30:])
             assert code == 0, tail
-            version = await server.reloaders[0].weight_version()
+            version = await server.reloader.weight_version()
             after = await fixed_prompt_logprobs(vllm_server)
         yield {**paths, "store": Path(config.store), "before": before, "after": after,
                "version": version}  # fmt: skip

@@ -25,7 +25,7 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 
 
 async def test_a_batch_too_far_ahead_waits_for_newer_weights(tmp_path: Path) -> None:
-    sync = WeightSync([], max_staleness=1)
+    sync = WeightSync(None, max_staleness=1)
     started: list[int] = []
 
     async def batch(b: int) -> None:
@@ -45,7 +45,7 @@ async def test_a_batch_too_far_ahead_waits_for_newer_weights(tmp_path: Path) -> 
 
 
 async def test_weights_wait_for_the_batch_in_flight(tmp_path: Path) -> None:
-    sync = WeightSync([], max_staleness=0)
+    sync = WeightSync(None, max_staleness=0)
     await sync.batch_started(0)
     applied: list[int] = []
 
@@ -61,7 +61,7 @@ async def test_weights_wait_for_the_batch_in_flight(tmp_path: Path) -> None:
 
 
 async def test_a_stopped_sync_releases_waiting_batches(tmp_path: Path) -> None:
-    sync = WeightSync([], max_staleness=0)
+    sync = WeightSync(None, max_staleness=0)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"garbage")
