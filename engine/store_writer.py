@@ -10,8 +10,11 @@ the connection is only ever touched by it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +59,15 @@ INSERT_MESSAGES = (
 )
 
 
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the caller was cancelled meanwhile
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
 class Batch:
     """Everything the writer commits in one transaction, in dependency order."""
 
@@ -89,16 +101,39 @@ class Batch:
         )
 
 
+_Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None
+
+
 class SqliteWriter:
-    """The store's writing connection, used only from its own thread."""
+    """The store's writing connection, used only from its own thread.
+
+    The thread is a daemon of its own (not an executor's): it still takes work
+    while the interpreter exits, so a store closed from an ``atexit`` hook (a
+    trainer's plugin) still commits what it holds."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="drillyard-store-writer")
         self._db: sqlite3.Connection | None = None
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="drillyard-store-writer",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, fut = job
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            # a closed loop (RuntimeError): nobody waits for this any more
+            with contextlib.suppress(RuntimeError):
+                fut.get_loop().call_soon_threadsafe(_settle, fut, result, error)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, args, fut))
+        return await fut
 
     async def open(self) -> int:
         """Connect, apply the pragmas and migrations; the next free rollout number."""
@@ -114,7 +149,7 @@ class SqliteWriter:
         try:
             await self._run(self._close)
         finally:
-            self._thread.shutdown(wait=False)
+            self._jobs.put(None)
 
     # ---- on the writer's thread --------------------------------------------
 
