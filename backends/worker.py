@@ -196,12 +196,8 @@ class WorkerServer:
             return 400, {"error": f'body must be {{"task_view": {{...}}}}: {exc!r}'}
         try:
             obs = await self._bounded(hosted.env.reset(view))
-        except TimeoutError:
-            return 504, {"error": f"reset did not finish within {self.call_timeout}s"}
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
         except Exception as exc:
-            return 500, {"error": f"reset raised {type(exc).__name__}: {exc}"}
+            return self._fault("reset", exc)
         # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
         return 200, {**obs.to_dict(), "tools": hosted.env.tools}
 
@@ -238,16 +234,21 @@ class WorkerServer:
         try:
             async with asyncio.timeout(self.call_timeout):
                 obs = await env.respond(reply)
-        except TimeoutError:
-            return 504, {"error": f"respond did not finish within {self.call_timeout}s"}
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
         except Exception as exc:
-            return 500, {"error": f"respond raised {type(exc).__name__}: {exc}"}
+            return self._fault("respond", exc)
         if obs is not None and not isinstance(obs, Observation):
             return 500, {"error": f"respond returned {type(obs).__name__}, not an Observation"}
         return 200, {"observation": None if obs is None else obs.to_dict(),
                      "tools": hosted.env.tools}
+
+    def _fault(self, what: str, exc: Exception) -> tuple[int, Any]:
+        """The answer to a reset or respond that raised: past its deadline 504, the
+        environment gone 410 (the engine retries), anything else 500."""
+        if isinstance(exc, TimeoutError):
+            return 504, {"error": f"{what} did not finish within {self.call_timeout}s"}
+        if isinstance(exc, ENVIRONMENT_FAULTS):
+            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
+        return 500, {"error": f"{what} raised {type(exc).__name__}: {exc}"}
 
     async def op_delete(self, env_id: str) -> tuple[int, Any]:
         hosted = self.envs.pop(env_id, None)
