@@ -218,14 +218,18 @@ async def _recorded_reply(tmp_path: Path) -> list[dict[str, Any]]:
 
 def test_the_bench_server_answers_as_vllm_does_with_token_ids(tmp_path: Path) -> None:
     """Tool call first, the answer last, and the token ids vLLM returns with
-    ``return_token_ids``: the engine's token bookkeeping sees what it sees in training."""
+    ``return_token_ids``, each prompt extending the last: the engine's token
+    bookkeeping does in the bench what it does in training."""
     first, last = asyncio.run(_recorded_reply(tmp_path))
     assert first["finish_reason"] == "tool_calls" and first["tool_calls"][0]["name"] == "sleep"
     assert last["finish_reason"] == "stop" and last["content"] == "42"
     for reply in (first, last):
         assert len(reply["token_ids"]) == 5 == reply["usage"]["completion_tokens"]
         assert len(reply["prompt_token_ids"]) == reply["usage"]["prompt_tokens"] > 0
-    assert len(last["prompt_token_ids"]) > len(first["prompt_token_ids"])  # the prompt grew
+    # as from an exact chat template: the next prompt extends the previous prompt and reply
+    before = first["prompt_token_ids"] + first["token_ids"]
+    assert last["prompt_token_ids"][: len(before)] == before
+    assert last["continues"] == {"extends": True, "choice": 0}
 
 
 def test_the_engine_loop_is_uvloop_where_installed_and_asyncio_on_request() -> None:

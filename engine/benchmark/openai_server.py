@@ -6,13 +6,16 @@ It answers ``POST /v1/chat/completions`` after ``--latency`` seconds in the
 shape vLLM does: a call to the ``sleep`` tool on each of the first
 ``--turns`` − 1 turns of a conversation (a turn is an assistant message
 already in it), then the final answer ``--answer``. With ``return_token_ids``
-the reply carries ``prompt_token_ids`` (one made-up id per 4 characters of the
-conversation's text, 4 per message) and each choice's ``token_ids``
+the reply carries ``prompt_token_ids`` and each choice's ``token_ids``
 (``--reply-tokens``), and ``usage`` counts them; with ``logprobs``, one
-logprob per reply token. ``GET /v1/models`` lists the model (the engine's
-preflight). ``--procs`` processes share the port (``SO_REUSEPORT``), so the
-server is not the bench's bottleneck; its CPU is measured apart from the
-engine's. Once listening it prints one line
+logprob per reply token. The made-up ids are those of an exact chat template:
+a message's ids depend only on it (4 + one per 4 characters of its text; an
+assistant message's are the ids its turn was sent), so each prompt starts
+with the previous prompt and reply, as vLLM's do when the engine's token
+bookkeeping works (`engine.trajectory.continuation`). ``GET /v1/models``
+lists the model (the engine's preflight). ``--procs`` processes share the
+port (``SO_REUSEPORT``), so the server is not the bench's bottleneck; its CPU
+is measured apart from the engine's. Once listening it prints one line
 ``{"event": "ready", "host": ..., "port": ..., "pids": [...]}``.
 """
 
@@ -35,7 +38,7 @@ from aiohttp import web
 MODEL = "bench"
 TOOL = "sleep"
 _VOCAB = 151_643
-_IDS = [(i * 2_654_435_761) % _VOCAB for i in range(1 << 16)]  # sliced, never rebuilt
+_IDS = [(i * 2_654_435_761) % _VOCAB for i in range(1 << 17)]  # sliced, never rebuilt
 
 
 class ChatServer:
@@ -68,14 +71,33 @@ class ChatServer:
         return web.Response(body=orjson.dumps(self.reply(body, messages)),
                             content_type="application/json")  # fmt: skip
 
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The prompt's ids: each message's own, one after another."""
+        ids: list[int] = []
+        turn = 0
+        for m in messages:
+            if m.get("role") == "assistant":
+                ids += self.reply_ids(turn)
+                turn += 1
+            else:
+                size = 4 + len(str(m.get("content") or "")) // 4
+                ids += _IDS[len(ids) % 4096 : len(ids) % 4096 + size]
+        return ids
+
+    def reply_ids(self, turn: int) -> list[int]:
+        """The ids of the reply on turn ``turn`` (0, 1, …) of any conversation."""
+        start = 8192 + turn * self.reply_tokens
+        return _IDS[start : start + self.reply_tokens]
+
     def reply(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
         """The chat completion vLLM would send for this request (n choices)."""
         n = next(self._ids)
         turn = sum(1 for m in messages if m.get("role") == "assistant") + 1
-        text = sum(len(str(m.get("content") or "")) for m in messages)
-        prompt_len = 4 * len(messages) + text // 4
-        reply_len = self.reply_tokens
         want_ids = bool(body.get("return_token_ids"))
+        prompt = self.prompt_ids(messages) if want_ids else None
+        prompt_len = len(prompt) if prompt is not None else 4 * len(messages)
+        reply_len = self.reply_tokens
+        reply = self.reply_ids(turn - 1)
         choices = []
         for index in range(int(body.get("n") or 1)):
             if turn < self.turns:
@@ -101,14 +123,14 @@ class ChatServer:
                 "logprobs": None,
                 "finish_reason": finish,
                 "stop_reason": None,
-                "token_ids": _IDS[:reply_len] if want_ids else None,
+                "token_ids": reply if want_ids else None,
             }
             if body.get("logprobs"):
                 choice["logprobs"] = {
                     "content": [
                         {"token": f"token_id:{t}", "logprob": -0.25, "bytes": None,
                          "top_logprobs": []}
-                        for t in _IDS[:reply_len]
+                        for t in reply
                     ]
                 }  # fmt: skip
             choices.append(choice)
@@ -127,7 +149,7 @@ class ChatServer:
                 "prompt_tokens_details": None,
             },
             "prompt_logprobs": None,
-            "prompt_token_ids": _IDS[:prompt_len] if want_ids else None,
+            "prompt_token_ids": prompt,
             "kv_transfer_params": None,
         }
 
