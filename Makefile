@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= test,vllm,gaia,browser,mcp,k8s,swift
+EXTRAS  ?= test,vllm,gaia,browser,mcp,k8s,swift,ray
 
 .PHONY: bench test setup setup-test lint typecheck pytest clean
 
