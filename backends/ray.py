@@ -6,8 +6,8 @@
 
 ``start`` connects to a cluster (``address``: ``"auto"`` for the one running
 on this machine or named by ``RAY_ADDRESS``, ``"host:port"``, ``"ray://..."``;
-``"local"`` starts a private one-node cluster in this process, closed with the
-backend; None: Ray's own rule) or uses the connection this process already
+``"local"`` starts a private one-node cluster in this process, on a loopback
+address, closed with the backend; None: Ray's own rule) or uses the connection this process already
 has, then creates ``actors`` actors, each hosting ``slots_per_actor``
 environments (`backends.ray_actor.EnvHostActor`, the same hosting as the
 worker protocol's). Ray places them by what each asks for (``num_cpus``,
@@ -44,6 +44,7 @@ log = structlog.get_logger("drillyard.backends.ray")
 
 WHERE = "backend 'ray'"
 STRATEGIES = ("SPREAD", "DEFAULT")
+LOCAL_IP = "127.0.0.2"  # loopback: Ray swaps 127.0.0.1 for the machine's outside address
 
 
 class RayBackend(PooledBackend):
@@ -154,8 +155,8 @@ class RayBackend(PooledBackend):
             return ray
         options: dict[str, Any] = {"address": self.address, "namespace": self.namespace,
                                    "log_to_driver": False}
-        if self.address == "local":  # a private cluster on loopback, sized like this machine
-            options.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+        if self.address == "local":  # private: on loopback, sized like this machine
+            options.update(include_dashboard=False, _node_ip_address=LOCAL_IP)
         options.update(self.init_options)
         try:
             await asyncio.to_thread(ray.init, **options)

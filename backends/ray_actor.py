@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from engine.errors import ConfigError, EnvironmentLost, InfraError
 from engine.tasks import TaskView
 
 OK = "ok"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 Reply = tuple[str, Any]
 
 
@@ -89,7 +91,10 @@ def death_reason(exc: BaseException) -> str:
     """What Ray says about a dead actor, without the boilerplate lines."""
     from ray.exceptions import ActorDiedError
 
-    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [ANSI.sub("", line).strip() for line in str(exc).splitlines()]
+    if getattr(exc, "actor_init_failed", False):  # the traceback's last line says what
+        last = next((line for line in reversed(lines) if line), "")
+        return f"{type(exc).__name__}: its __init__ raised {last[:400]}"
     keep = [line for line in lines if line and line != ActorDiedError.BASE_ERROR_MSG
             and line.split(":", 1)[0] not in ("class_name", "actor_id", "pid", "name",
                                                 "namespace", "ip")]

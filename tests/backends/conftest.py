@@ -26,9 +26,6 @@ from engine.backend import Backend
 from tests.backends.fake_k8s import REPO, FakeCluster
 
 BACKENDS = ("inprocess", "subprocess", "kubernetes", "ray")
-# every Ray process of the tests' cluster (and the driver) on loopback: Ray otherwise
-# advertises the machine's outside address, even for a one-machine cluster
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 async def eventually(condition: Callable[[], bool], deadline: float = 10.0,
