@@ -26,7 +26,8 @@ lint: setup-test
 	$(BIN)/mypy engine
 
 pytest: setup-test
-	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 $(BIN)/python -m pytest
+	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 DRILLYARD_REQUIRE_RAY=1 \
+	  DRILLYARD_REQUIRE_KUBECTL=1 $(BIN)/python -m pytest
 
 test: setup-test lint pytest    ## the whole test suite, as CI runs it
 

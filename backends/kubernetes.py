@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import secrets
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -262,6 +263,11 @@ class KubernetesBackend(PooledBackend):
                 return ConfigError(where, f"{action} failed: {message}",
                                    "check that the namespace exists")
             return InfraError(f"{where}: {action} failed with {exc.status}: {message}")
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLError):
+            return ConfigError(where, f"its TLS certificate is not trusted while {action}: "
+                               f"{type(exc).__name__}: {exc}",
+                               "check the kubeconfig's certificate-authority-data (or "
+                               "certificate-authority) for this cluster")
         return ConfigError(where, f"unreachable while {action}: {type(exc).__name__}: {exc}",
                            "check the kubeconfig (server, context) and that the cluster is up")
 
