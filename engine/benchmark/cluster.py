@@ -24,7 +24,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from .report import console
 from .world import PLUGIN
 
 
@@ -93,6 +92,8 @@ async def local_ray() -> AsyncIterator[float]:
         yield 0.0
         return
     from backends.ray import LOCAL_IP
+
+    from .report import console  # (report imports this module)
 
     started = time.perf_counter()
     await asyncio.to_thread(

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -23,6 +23,7 @@ from engine import Agent, Engine
 from engine.envs.arithmetic import arithmetic_tasks
 from engine.errors import ConfigError, InfraError
 from engine.policy.scripted import ScriptedPolicy
+from engine.store import AttemptRecord
 from tests.backends.conftest import eventually, ray_options
 from tests.backends.fake_k8s import REPO
 from tests.backends.ray_cluster import LOOPBACK as RAY_IP
@@ -54,9 +55,12 @@ async def no_actor_processes(cluster: RayTestCluster) -> None:
     await eventually(lambda: actor_processes(cluster) == [], 30, "every actor process gone")
 
 
-def hang_first(entered: anyio.Event) -> ScriptedPolicy:
-    """The first attempt calls ``hang`` (and says so); every later one solves the task."""
-    calls = {"n": 0}
+async def fault_mid_rollout(engine: Engine, backend: RayBackend,
+                            fault: Callable[[ActorWorker], Awaitable[None]]
+                            ) -> tuple[ActorWorker, list[AttemptRecord]]:
+    """One rollout whose first attempt hangs in a tool; ``fault`` strikes the actor
+    hosting it meanwhile. Returns that actor and the rollout's attempts."""
+    entered, calls, struck = anyio.Event(), {"n": 0}, []
 
     def handler(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
         if messages[-1]["role"] == "user":
@@ -66,12 +70,27 @@ def hang_first(entered: anyio.Event) -> ScriptedPolicy:
                 return {"tool_calls": [{"name": "hang", "arguments": {}}]}
         return calculator_then_answer().handler(messages, tools)
 
-    return ScriptedPolicy(handler)
+    async def strike() -> None:
+        await entered.wait()
+        await eventually(lambda: any(w.used for w in actors(backend)), 10, "placed")
+        (worker,) = [w for w in actors(backend) if w.used]
+        struck.append(worker)
+        await fault(worker)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(strike)
+        run = await engine.run(arithmetic_tasks(1), Agent(ScriptedPolicy(handler)),
+                               environment="probe", scorer="arithmetic")
+    (r,) = await run.rollouts()
+    assert r.state == "done"
+    return struck[0], await engine.store.attempts(r.id)
 
 
-def busy(backend: RayBackend) -> ActorWorker:
-    (worker,) = [w for w in actors(backend) if w.used]
-    return worker
+def signal_actor(sig: int) -> Callable[[ActorWorker], Awaitable[None]]:
+    async def send(worker: ActorWorker) -> None:
+        os.kill(worker.pid, sig)
+
+    return send
 
 
 async def test_actors_spread_over_nodes_and_follow_custom_resources(
@@ -171,25 +190,11 @@ async def test_a_tool_that_kills_its_actor_is_retried_on_another(
 async def test_an_actor_killed_mid_rollout_is_retried_on_another(
         ray_cluster: RayTestCluster, make_engine: EngineFactory) -> None:
     backend = RayBackend(**ray_options(ray_cluster, slots_per_actor=1))
-    entered = anyio.Event()
     async with make_engine(backend=backend, step_timeout=60) as engine:
-        victim: list[ActorWorker] = []
-
-        async def kill_it() -> None:
-            await entered.wait()
-            await eventually(lambda: any(w.used for w in actors(backend)), 10, "placed")
-            victim.append(busy(backend))
-            os.kill(victim[0].pid, signal.SIGKILL)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(kill_it)
-            run = await engine.run(arithmetic_tasks(1), Agent(hang_first(entered)),
-                                   environment="probe", scorer="arithmetic")
-        (r,) = await run.rollouts()
-        attempts = await engine.store.attempts(r.id)
-    assert r.state == "done" and [a.state for a in attempts] == ["error", "done"]
+        killed, attempts = await fault_mid_rollout(engine, backend,
+                                                   signal_actor(signal.SIGKILL))
+    assert [a.state for a in attempts] == ["error", "done"]
     error = attempts[0].error or ""
-    killed = victim[0]
     assert f"actor-{killed.actor_id[:8]}/pid{killed.pid}@node-{killed.node_id[:8]}" in error
     assert error.startswith("EnvironmentLost: worker ") and "ActorDiedError" in error
     assert killed.name not in (attempts[1].worker or "")
@@ -200,28 +205,16 @@ async def test_a_frozen_actor_misses_its_health_deadline_and_is_replaced(
         ray_cluster: RayTestCluster, make_engine: EngineFactory) -> None:
     backend = RayBackend(**ray_options(ray_cluster, slots_per_actor=1, health_interval=0.2,
                                        health_timeout=1.0))
-    entered = anyio.Event()
     async with make_engine(backend=backend, step_timeout=60) as engine:
-        frozen: list[ActorWorker] = []
-
-        async def freeze() -> None:
-            await entered.wait()
-            await eventually(lambda: any(w.used for w in actors(backend)), 10, "placed")
-            frozen.append(busy(backend))
-            os.kill(frozen[0].pid, signal.SIGSTOP)  # alive, but answers nothing
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(freeze)
-            run = await engine.run(arithmetic_tasks(1), Agent(hang_first(entered)),
-                                   environment="probe", scorer="arithmetic")
-        (r,) = await run.rollouts()
-        attempts = await engine.store.attempts(r.id)
+        # SIGSTOP: alive, but answers nothing
+        frozen, attempts = await fault_mid_rollout(engine, backend,
+                                                   signal_actor(signal.SIGSTOP))
         await eventually(lambda: len(backend.workers) == 2, 60, "a replacement actor")
-    assert r.state == "done" and [a.state for a in attempts] == ["error", "done"]
+    assert [a.state for a in attempts] == ["error", "done"]
     assert "missed its health deadline" in (attempts[0].error or "")
-    assert frozen[0].name == attempts[0].worker != attempts[1].worker
-    await eventually(lambda: not psutil.pid_exists(frozen[0].pid)
-                     or psutil.Process(frozen[0].pid).status() == psutil.STATUS_ZOMBIE,
+    assert frozen.name == attempts[0].worker != attempts[1].worker
+    await eventually(lambda: not psutil.pid_exists(frozen.pid)
+                     or psutil.Process(frozen.pid).status() == psutil.STATUS_ZOMBIE,
                      30, "the frozen actor killed")
     await no_actor_processes(ray_cluster)
 
@@ -249,32 +242,21 @@ async def test_a_lost_node_takes_its_actors_and_the_attempts_go_elsewhere(
         ray_cluster: RayTestCluster, make_engine: EngineFactory) -> None:
     # four one-CPU actors fill both nodes: the ones lost with a node wait for a new node
     backend = RayBackend(**ray_options(ray_cluster, actors=4, slots_per_actor=1))
-    entered = anyio.Event()
+
+    async def kill_its_node(worker: ActorWorker) -> None:
+        node = next(n for n in ray_cluster.nodes if n.node_id == worker.node_id)
+        await anyio.to_thread.run_sync(ray_cluster.kill_node, node)
+
     try:
         async with make_engine(backend=backend, step_timeout=60) as engine:
-            lost: list[ActorWorker] = []
-
-            async def kill_its_node() -> None:
-                await entered.wait()
-                await eventually(lambda: any(w.used for w in actors(backend)), 10, "placed")
-                lost.append(busy(backend))
-                node = next(n for n in ray_cluster.nodes if n.node_id == lost[0].node_id)
-                await anyio.to_thread.run_sync(ray_cluster.kill_node, node)
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(kill_its_node)
-                run = await engine.run(arithmetic_tasks(1), Agent(hang_first(entered)),
-                                       environment="probe", scorer="arithmetic")
-            (r,) = await run.rollouts()
-            attempts = await engine.store.attempts(r.id)
-            assert r.state == "done" and [a.state for a in attempts] == ["error", "done"]
-            error = attempts[0].error or ""
+            lost, attempts = await fault_mid_rollout(engine, backend, kill_its_node)
+            assert [a.state for a in attempts] == ["error", "done"]
             # named: the actor and its node; why: what Ray said first (the actor unreachable,
             # or, once the cluster has noticed, its node dead)
-            assert error.startswith(f"EnvironmentLost: worker {lost[0].name} lost: Actor")
-            assert f"actor-{lost[0].actor_id[:8]}/" in error
-            assert f"@node-{lost[0].node_id[:8]}" in error
-            assert lost[0].node_id not in (attempts[1].worker or "")
+            error = attempts[0].error or ""
+            assert error.startswith(f"EnvironmentLost: worker {lost.name} lost: Actor")
+            assert f"actor-{lost.actor_id[:8]}/" in error and f"@node-{lost.node_id[:8]}" in error
+            assert lost.node_id[:8] not in (attempts[1].worker or "")
             assert len(backend.workers) == 2  # the replacements wait for room ...
             new = await anyio.to_thread.run_sync(ray_cluster.add_node)
             await eventually(lambda: len(backend.workers) == 4, 60, "replacements placed")
