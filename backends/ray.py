@@ -4,13 +4,14 @@
         "address": "auto", "actors": 8, "slots_per_actor": 4,
         "num_cpus": 1, "resources": {"browser": 1}, "plugins": ["my_envs"]})
 
-``start`` connects to a cluster (``address``: ``"auto"`` for the one running
-on this machine or named by ``RAY_ADDRESS``, ``"host:port"``, ``"ray://..."``;
-``"local"`` starts a private one-node cluster in this process, on a loopback
-address, closed with the backend; None: Ray's own rule) or uses the connection this process already
-has, then creates ``actors`` actors, each hosting ``slots_per_actor``
-environments (`backends.ray_actor.EnvHostActor`, the same hosting as the
-worker protocol's). Ray places them by what each asks for (``num_cpus``,
+``start`` connects to a cluster (``address``: ``"auto"``, the one running on
+this machine or named by ``RAY_ADDRESS``; ``"host:port"``; ``"ray://..."``;
+``"local"``, a private one-node cluster in this process, on a loopback
+address, stopped with the backend; None, the default: Ray's own rule, which
+is ``"auto"`` if there is a cluster, else a new local one) or uses the Ray
+connection this process already has, then creates ``actors`` actors, each
+hosting ``slots_per_actor`` environments (`backends.ray_actor.EnvHostActor`,
+the same hosting as the worker protocol's). Ray places them by what each asks for (``num_cpus``,
 ``memory``, custom ``resources`` such as ``{"browser": 1}`` for nodes started
 with ``ray start --resources='{"browser": 1}'``) and ``scheduling_strategy``
 (SPREAD by default). ``start`` returns once ``min_actors`` (default: all) are
