@@ -10,6 +10,7 @@ DRILLYARD_REQUIRE_KUBECTL=1 (CI), where that is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -81,8 +82,9 @@ async def test_kubectl_gets_the_pods_the_backend_made(
         name = next(iter(pods))
         code, out, err = await kubectl("get", "pod", name, "-o", "jsonpath={.status.podIP}")
         assert code == 0 and out == pods[name].ip, err
-        code, out, err = await kubectl("version")
-        assert code == 0 and "Server Version: v1.32.0-drillyard-fake" in out, err
+        code, out, err = await kubectl("version", "-o", "json")
+        assert code == 0, err
+        assert json.loads(out)["serverVersion"]["gitVersion"] == "v1.32.0-drillyard-fake"
 
 
 async def test_kubectl_trusts_only_the_clusters_ca_and_token(
