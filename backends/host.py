@@ -68,6 +68,7 @@ class EnvHost:
         self.call_timeout = call_timeout
         self.envs: dict[str, Hosted] = {}
         self.draining = False
+        self.calls = 0  # resets and steps running now
         self._reserved = 0  # slots taken by environments still being built
         self._empty = asyncio.Event()
         self._empty.set()
@@ -78,7 +79,8 @@ class EnvHost:
 
     def health(self) -> dict[str, Any]:
         return {"ok": not self.draining, "draining": self.draining, "slots": self.slots,
-                "free": self.free, "live": len(self.envs), "pid": os.getpid()}
+                "free": self.free, "live": len(self.envs), "calls": self.calls,
+                "pid": os.getpid()}
 
     async def create(self, spec: EnvSpec) -> tuple[str, list[ToolSpec]]:
         """Build a registered environment in a free slot; return its id and tools."""
@@ -157,7 +159,11 @@ class EnvHost:
         return hosted
 
     async def _bounded(self, awaitable: Awaitable[Observation]) -> Observation:
-        obs = await asyncio.wait_for(awaitable, self.call_timeout)
+        self.calls += 1
+        try:
+            obs = await asyncio.wait_for(awaitable, self.call_timeout)
+        finally:  # done, failed, or cancelled (the engine gave up on it)
+            self.calls -= 1
         if not isinstance(obs, Observation):
             raise TypeError(f"environment returned {type(obs).__name__}, not an Observation")
         return obs

@@ -4,7 +4,7 @@
 
 Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
 
-    GET    /health                 liveness, slots, free slots, draining
+    GET    /health                 liveness, slots, free slots, draining, calls running
     POST   /envs        {spec}     build a registered environment → {env_id, tools}
     POST   /envs/{id}/reset {task_view}   → observation
     POST   /envs/{id}/step  {tool_call}   → observation (tool errors are observations)

@@ -321,3 +321,34 @@ def test_the_registry_names_it_and_a_missing_ray_is_a_clear_error() -> None:
                          text=True, timeout=60, check=False)
     assert "ConfigError backend 'ray': Ray is not installed (fix: pip install " \
            "'drillyard[ray]')" in out.stdout, out.stderr
+
+
+async def test_a_step_the_engine_gives_up_on_stops_in_the_actor(
+        ray_cluster: RayTestCluster) -> None:
+    from engine.environment import EnvSpec, ToolCall
+    from engine.tasks import TaskView
+
+    backend = RayBackend(**ray_options(ray_cluster, actors=1, slots_per_actor=1))
+    async with backend:
+        slot = await backend.acquire(EnvSpec("probe"))
+        try:
+            await slot.env.reset(TaskView("t", "What is 2+2?"))
+            for _ in range(3):  # the engine's step deadline cancels the call
+                with anyio.move_on_after(0.3) as scope:
+                    await slot.env.step(ToolCall("c", "hang", "{}", {}))
+                assert scope.cancelled_caught
+            worker = slot.handle
+
+            running = -1
+            for _ in range(600):  # poll the actor's own count, up to 30 s
+                running = int((await worker.health(10))["calls"])
+                if running == 0:
+                    break
+                await anyio.sleep(0.05)
+            assert running == 0  # the hung tool calls were cancelled in the actor
+            obs = await slot.env.step(ToolCall("c", "calculator", '{"expression": "2+2"}',
+                                               {"expression": "2+2"}))
+            assert obs.content == "4"
+        finally:
+            await backend.release(slot)
+    await no_actor_processes(ray_cluster)
