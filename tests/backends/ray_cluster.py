@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,8 @@ from typing import Any
 import psutil
 
 LOOPBACK = "127.0.0.64"
-# fast death detection (a lost node is noticed in ~1.5 s, not 30 s), no idle workers started
-SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+# fast death detection (a lost node is noticed in ~3 s, not 30 s), no idle workers started
+SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 6,
                  "health_check_initial_delay_ms": 0, "enable_worker_prestart": False,
                  "prestart_worker_first_driver": False}
 NODE_CPUS = 2
@@ -166,7 +167,10 @@ class RayTestCluster:
         import ray
 
         self.pids.update(p.pid for p in self.processes())
-        ray.shutdown()
+        # a driver whose cluster is already gone can block in ray.shutdown: bound it
+        disconnect = threading.Thread(target=ray.shutdown, daemon=True)
+        disconnect.start()
+        disconnect.join(30)
         for node in list(self.nodes):
             self.kill_node(node)
         self.cluster.shutdown()
