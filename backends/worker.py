@@ -4,7 +4,7 @@
 
 Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
 
-    GET    /health                 liveness, slots, free slots, draining
+    GET    /health                 liveness, slots, free slots, draining, calls running
     POST   /envs        {spec}     build a registered environment → {env_id, tools, respond}
     POST   /envs/{id}/reset {task_view}   → observation + the tools after the reset
     POST   /envs/{id}/step  {tool_call}   → observation (tool errors are observations)
@@ -18,11 +18,12 @@ call that outlives ``--call-timeout`` becomes an error observation; an
 environment that raises an ``InfraError`` (``EnvironmentLost``: its browser
 or sandbox died), a ``ConnectionError`` or an ``aiohttp.ClientError`` gets
 410, which the engine treats as on the in-process backend: the attempt ends
-in ``error`` and is retried. On
-SIGTERM the worker drains: it refuses new environments, waits (up to
-``--drain-timeout``) for the live ones to be closed, then exits. Once bound it
-prints one line ``{"event": "ready", "host": ..., "port": ..., "pid": ...}`` on
-stdout (and writes it to ``--ready-file`` when given).
+in ``error`` and is retried (the hosting itself, shared with the Ray actors,
+is `backends.host.EnvHost`). On SIGTERM the worker drains: it refuses new
+environments, waits (up to ``--drain-timeout``) for the live ones to be
+closed, then exits. Once bound it prints one line
+``{"event": "ready", "host": ..., "port": ..., "pid": ...}`` on stdout (and
+writes it to ``--ready-file`` when given).
 """
 
 from __future__ import annotations
@@ -34,28 +35,17 @@ import hmac
 import importlib
 import json
 import os
-import secrets
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
-from engine.backend import build_environment
-from engine.environment import (
-    Environment,
-    EnvSpec,
-    Observation,
-    Responsive,
-    ToolCall,
-    responds,
-)
+from backends.host import BUSY, CONFIG, FAILED, LOST, TIMEOUT, UNKNOWN, EnvHost, HostError
+from engine.environment import EnvSpec, ToolCall
 from engine.errors import ConfigError
-from engine.rollout import ENVIRONMENT_FAULTS
 from engine.tasks import TaskView
 
 TOKEN_ENV = "DRILLYARD_WORKER_TOKEN"
@@ -65,29 +55,14 @@ PLUGINS_ENV = "DRILLYARD_WORKER_PLUGINS"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass(slots=True)
-class _Hosted:
-    env: Environment
-    spec: EnvSpec
-    created: float = field(default_factory=time.monotonic)
-
-
 class WorkerServer:
-    """Hosts up to ``slots`` environments; serves only holders of ``token``."""
+    """Hosts up to ``slots`` environments (an `EnvHost`); serves only holders of ``token``."""
 
     def __init__(self, token: str, slots: int = 4, call_timeout: float | None = 300.0) -> None:
         if not token:
             raise ConfigError("worker", "no token given", "pass --token-file or set " + TOKEN_ENV)
-        if slots < 1:
-            raise ConfigError("worker", f"slots must be >= 1, got {slots}")
         self._token = f"Bearer {token}".encode()
-        self.slots = slots
-        self.call_timeout = call_timeout
-        self.envs: dict[str, _Hosted] = {}
-        self._reserved = 0  # slots taken by environments still being built
-        self.draining = False
-        self._empty = asyncio.Event()
-        self._empty.set()
+        self.host = EnvHost(slots, call_timeout)
         self.app = web.Application(middlewares=[self._auth], client_max_size=64 * 1024**2)
         self.app.add_routes([
             web.get("/health", self.health),
@@ -97,10 +72,6 @@ class WorkerServer:
             web.post("/envs/{env_id}/respond", self.respond),
             web.delete("/envs/{env_id}", self.delete),
         ])
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.envs) - self._reserved
 
     # ---- middleware ------------------------------------------------------
 
@@ -115,141 +86,79 @@ class WorkerServer:
     # ---- routes ----------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": not self.draining, "draining": self.draining,
-                                  "slots": self.slots, "free": self.free,
-                                  "live": len(self.envs), "pid": os.getpid()})
+        return web.json_response(self.host.health())
 
     async def create(self, request: web.Request) -> web.Response:
-        if self.draining:
-            return _busy("worker is draining")
-        if self.free <= 0:
-            return _busy(f"all {self.slots} slots are in use")
         body = await _json(request)
         spec_data = body.get("spec")
         if not isinstance(spec_data, dict) or not isinstance(spec_data.get("name"), str):
             return _error(400, 'body must be {"spec": {"name": str, "config": {...}}}')
         spec = EnvSpec(spec_data["name"], dict(spec_data.get("config") or {}))
-        self._reserved += 1
-        self._empty.clear()
         try:
-            env = build_environment(spec)
-            tools = env.tools
-        except ConfigError as exc:
-            return _error(400, str(exc))
-        except Exception as exc:
-            return _error(500, f"building environment '{spec.name}' raised "
-                               f"{type(exc).__name__}: {exc}")
-        finally:
-            self._reserved -= 1
-            self._check_empty()
-        env_id = secrets.token_hex(8)
-        self.envs[env_id] = _Hosted(env, spec)
-        self._empty.clear()
-        return web.json_response({"env_id": env_id, "tools": tools, "respond": responds(env)})
+            env_id, tools = await self.host.create(spec)
+        except HostError as exc:
+            return _refused(exc)
+        return web.json_response(
+            {"env_id": env_id, "tools": tools, "respond": self.host.responds(env_id)}
+        )
 
     async def reset(self, request: web.Request) -> web.Response:
-        hosted = self._get(request)
         body = await _json(request)
         try:
             view = TaskView.from_dict(body["task_view"])
         except (KeyError, TypeError, ValueError) as exc:
             return _error(400, f'body must be {{"task_view": {{...}}}}: {exc!r}')
         try:
-            obs = await self._bounded(hosted.env.reset(view))
-        except TimeoutError:
-            return _error(504, f"reset did not finish within {self.call_timeout}s")
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
-        except Exception as exc:
-            return _error(500, f"reset raised {type(exc).__name__}: {exc}")
-        # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
-        return web.json_response({**obs.to_dict(), "tools": hosted.env.tools})
+            env_id = request.match_info["env_id"]
+            obs = await self.host.reset(env_id, view)
+            # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
+            return web.json_response({**obs.to_dict(), "tools": self.host.tools(env_id)})
+        except HostError as exc:
+            return _refused(exc)
 
     async def step(self, request: web.Request) -> web.Response:
-        hosted = self._get(request)
         body = await _json(request)
         try:
             call = ToolCall.from_dict(body["tool_call"])
         except (KeyError, TypeError, AttributeError) as exc:
             return _error(400, f'body must be {{"tool_call": {{...}}}}: {exc!r}')
-        if call.error is not None:  # a malformed call never reaches the environment
-            return web.json_response(Observation.error(call.error).to_dict())
         try:
-            obs = await self._bounded(hosted.env.step(call))
-        except TimeoutError:
-            obs = Observation.error(f"tool {call.name} did not finish within {self.call_timeout}s")
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
-        except Exception as exc:  # the tool's fault: the agent sees it
-            obs = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")
+            obs = await self.host.step(request.match_info["env_id"], call)
+        except HostError as exc:
+            return _refused(exc)
         return web.json_response(obs.to_dict())
 
     async def respond(self, request: web.Request) -> web.Response:
-        hosted = self._get(request)
         body = await _json(request)
         reply = body.get("reply")
         if reply is not None and not isinstance(reply, str):
             return _error(400, 'body must be {"reply": str | null}')
-        if not responds(hosted.env):
-            return _error(400, f"environment '{hosted.spec.name}' has no respond")
-        env = cast(Responsive, hosted.env)
+        env_id = request.match_info["env_id"]
         try:
-            obs = await asyncio.wait_for(env.respond(reply), self.call_timeout)
-        except TimeoutError:
-            return _error(504, f"respond did not finish within {self.call_timeout}s")
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return _error(410, f"environment lost: {type(exc).__name__}: {exc}")
-        except Exception as exc:
-            return _error(500, f"respond raised {type(exc).__name__}: {exc}")
-        if obs is not None and not isinstance(obs, Observation):
-            return _error(500, f"respond returned {type(obs).__name__}, not an Observation")
+            obs = await self.host.respond(env_id, reply)
+            tools = self.host.tools(env_id)
+        except HostError as exc:
+            return _refused(exc)
         return web.json_response({"observation": None if obs is None else obs.to_dict(),
-                                  "tools": hosted.env.tools})
+                                  "tools": tools})  # fmt: skip
 
     async def delete(self, request: web.Request) -> web.Response:
         env_id = request.match_info["env_id"]
-        hosted = self.envs.pop(env_id, None)
-        if hosted is None:
-            return _error(404, f"no environment {env_id}")
         try:
-            await asyncio.shield(self._close(hosted))
-        finally:
-            self._check_empty()
+            await self.host.close(env_id)
+        except HostError as exc:
+            return _refused(exc)
         return web.json_response({"closed": env_id})
 
-    # ---- helpers ---------------------------------------------------------
 
-    def _get(self, request: web.Request) -> _Hosted:
-        env_id = request.match_info["env_id"]
-        hosted = self.envs.get(env_id)
-        if hosted is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no environment {env_id}"}),
-                                   content_type="application/json")
-        return hosted
+# what the client (backends.remote) reads back: 410 lost -> retried, 503 busy -> elsewhere
+STATUS = {BUSY: 503, CONFIG: 400, UNKNOWN: 404, FAILED: 500, LOST: 410, TIMEOUT: 504}
 
-    async def _bounded(self, awaitable: Awaitable[Observation]) -> Observation:
-        obs = await asyncio.wait_for(awaitable, self.call_timeout)
-        if not isinstance(obs, Observation):
-            raise TypeError(f"environment returned {type(obs).__name__}, not an Observation")
-        return obs
 
-    async def _close(self, hosted: _Hosted) -> None:
-        try:
-            await asyncio.wait_for(hosted.env.close(), self.call_timeout)
-        except Exception as exc:
-            print(f"worker: closing {hosted.spec.name} failed: {exc!r}", file=sys.stderr)
-
-    def _check_empty(self) -> None:
-        if not self.envs and not self._reserved:
-            self._empty.set()
-
-    async def drain(self, grace: float) -> None:
-        """Refuse new environments; wait for live ones to be closed, then close the rest."""
-        self.draining = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._empty.wait(), grace)
-        for env_id in list(self.envs):
-            await self._close(self.envs.pop(env_id))
+def _refused(exc: HostError) -> web.Response:
+    if exc.kind == BUSY:
+        return _busy(exc.message)
+    return _error(STATUS.get(exc.kind, 500), exc.message)
 
 
 def _busy(why: str) -> web.Response:
@@ -303,7 +212,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
         if stop.is_set():
-            await server.drain(args.drain_timeout)
+            await server.host.drain(args.drain_timeout)
     finally:
         await runner.cleanup()
 
