@@ -99,7 +99,7 @@ class LocalCode(ToolboxBase):
     async def start(self, task: TaskView, workspace: Path) -> None:
         await self.aclose()
         self.jail = Jail(workspace, self.limits, ro_binds=self.ro_binds)
-        self.jail.prepare()
+        await anyio.to_thread.run_sync(self.jail.prepare)
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Observation:
         if self.jail is None:

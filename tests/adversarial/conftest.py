@@ -227,12 +227,13 @@ def assert_responsive(h: Hostile, bound: float = LAG_BOUND) -> None:
         f"the event loop stalled for {h.watch.max_lag:.2f} s while the attack ran")
 
 
-def assert_contained(h: Hostile, attack: str) -> None:
-    """The attack's call came back as an error observation; the rollout still ended
-    as the agent's result (done or failed), not as an infrastructure error."""
+def assert_contained(h: Hostile, attack: str, index: int = -1) -> None:
+    """The attack's call (the ``index``-th call of that tool) came back as an error
+    observation; the rollout still ended as the agent's result (done or failed),
+    not as an infrastructure error."""
     assert h.rollout is not None
     assert h.rollout.state in ("done", "failed"), (h.rollout.state, h.rollout.error)
-    assert h.result(attack)["is_error"], h.result(attack)
+    assert h.result(attack, index)["is_error"], h.result(attack, index)
 
 
 @pytest.fixture

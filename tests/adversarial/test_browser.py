@@ -42,6 +42,8 @@ async def serve(routes: dict[str, Any]) -> tuple[web.AppRunner, Server]:
         async def inner(request: web.Request) -> web.StreamResponse:
             server.hits.append(request.path)
             result = handler(request, server) if callable(handler) else handler
+            if isinstance(result, web.HTTPException):
+                raise result
             if isinstance(result, web.StreamResponse):
                 return result
             return web.Response(text=result, content_type="text/html")
@@ -165,7 +167,7 @@ async def test_every_redirect_and_script_navigation_is_checked(
         for line in r["content"].splitlines():
             if line.startswith("URL: "):
                 assert line.startswith(f"URL: {base}") or line == "URL: about:blank", line
-    assert_contained(h, "browser_goto")
+    assert_contained(h, "browser_goto", 0)
     assert_responsive(h)
     assert_nothing_left(h, run_tmp)
 
@@ -185,7 +187,8 @@ async def test_websockets_follow_the_allowlist(
     udp.setblocking(False)
     probe = (f"<script>new WebSocket('ws://127.0.0.1:{port}/x');"
              f"const pc = new RTCPeerConnection({{iceServers: [{{urls: "
-             f"'stun:127.0.0.1:{udp.getsockname()[1]}'}}]}});"
+             f"'stun:127.0.0.1:{udp.getsockname()[1]}'}}, {{urls: 'turn:127.0.0.1:{port}"
+             f"?transport=tcp', username: 'u', credential: 'p'}}]}});"
              "pc.createDataChannel('d'); pc.createOffer().then(o => pc.setLocalDescription(o));"
              "</script>")
     try:
