@@ -129,8 +129,9 @@ print('planted')
 
 async def test_odd_names_and_unwritable_shapes_are_listed_and_removed(
         store: Path, run_tmp: Path) -> None:
-    steps = [python_in_jail(SHAPES), ("list_files", {}), ("read_file", {"path": "L" * 251 + ".txt"}),
-             ("read_file", {"path": "shadow-link"}), ("read_file", {"path": "loop"})]
+    steps = [python_in_jail(SHAPES), ("list_files", {}),
+             ("read_file", {"path": "L" * 251 + ".txt"}), ("read_file", {"path": "shadow-link"}),
+             ("read_file", {"path": "loop"})]
     h = await hostile_rollout(store, gaia("files", "code.local"), steps)
     assert "planted" in h.result("run_python")["content"], h.result("run_python")
     assert_responsive(h)
