@@ -29,7 +29,7 @@ import anyio
 
 from tools.workspace import Scan, scan
 
-INTERVAL = 0.1
+INTERVAL = 0.05
 
 
 @dataclass(frozen=True, slots=True)

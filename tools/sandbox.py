@@ -156,7 +156,6 @@ class Jail(AsyncResource):
         self.hidden: tuple[str, ...] = ()
         self.prepared = False
         self.use_cgroups = use_cgroups
-
         self._live: dict[Process, RunCgroup | None] = {}
 
     async def __aenter__(self) -> Self:

@@ -12,8 +12,8 @@ process of the run is alive, the temp dir the run used is empty).
 from __future__ import annotations
 
 import inspect
+import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,15 +33,12 @@ from anyio.abc import Process
 from engine import Agent, Engine, ScriptedPolicy, Task
 from engine.environment import Environment
 from engine.store import RolloutRecord
+from tests.tools.conftest import needs_bwrap, needs_chromium
 
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None or shutil.which("prlimit") is None,
-    reason="bubblewrap (bwrap) or prlimit is not installed: apt-get install -y bubblewrap")
-needs_chromium = pytest.mark.skipif(
-    not os.path.exists("/usr/bin/chromium"),
-    reason="Debian's chromium is not installed: apt-get install -y chromium")
+__all__ = ["needs_bwrap", "needs_chromium"]
 
-LAG_BOUND = 1.0
+
+LAG_BOUND = 2.0
 """Seconds the loop may lag while an attack runs. A blocked loop lags by the
 attack's whole length (tens of seconds, or forever); a healthy one by
 milliseconds, so a noisy shared machine stays far below this."""
@@ -184,7 +181,22 @@ async def hostile_rollout(store: Path, environment: Callable[[], Environment],
     for result, is_error in zip(h.results, flags, strict=False):
         result["is_error"] = bool(is_error)
     h.watch = w
+    _report(h)
     return h
+
+
+def _report(h: Hostile) -> None:
+    """With DRILLYARD_ADVERSARIAL_REPORT=FILE, append what was watched (one JSON line)."""
+    target = os.environ.get("DRILLYARD_ADVERSARIAL_REPORT")
+    if not target:
+        return
+    line = {"test": os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0],
+            "max_lag_s": round(h.watch.max_lag, 3), "rss_growth_mib": h.watch.rss_growth >> 20,
+            "tree_growth_mib": max(0, h.watch.peak_tree_rss - h.watch.start_rss) >> 20,
+            "state": h.rollout.state if h.rollout else None,
+            "errors": [r["tool"] for r in h.results if r.get("is_error")]}
+    with open(target, "a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def assert_nothing_left(h: Hostile, tmp: Path | None = None) -> None:

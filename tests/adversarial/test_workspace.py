@@ -183,19 +183,28 @@ async def test_a_symlink_race_never_hands_over_an_outside_file(
                                         [str(secret), "../" + secret.name]))
         return "list_files", {}
 
-    steps: list[Any] = [plant] + [("read_file", {"path": "race.txt"})] * 150
+    async def settle(h: Hostile) -> tuple[str, dict[str, Any]]:
+        for proc in racers:  # the race is over: race.txt is a plain file again
+            proc.kill()
+            await proc.wait()
+        (h.workspace / "race.txt").unlink()
+        (h.workspace / "race.txt").write_text("settled text")
+        return "read_file", {"path": "race.txt"}
+
+    steps: list[Any] = [plant] + [("read_file", {"path": "race.txt"})] * 150 + [settle]
     try:
         h = await hostile_rollout(store, gaia("files", deadline=5), steps)
     finally:
         for proc in racers:
-            proc.kill()
+            if proc.returncode is None:
+                proc.kill()
             await proc.aclose()
     assert racers
     reads = [r for r in h.results if r["tool"] == "read_file"]
     assert all("OUTSIDE-SECRET" not in r.get("content", "") for r in reads)
     assert not [r for r in reads if "did not finish" in r.get("content", "")], \
         "reads blocked on a FIFO swapped in (each leaves a thread stuck in open())"
-    assert any("harmless text" in r.get("content", "") for r in reads)  # some reads won
+    assert "settled text" in reads[-1]["content"]  # the tool itself works
     assert_responsive(h)
     assert h.rollout is not None and h.rollout.state == "done"
     assert secret.read_text() == "OUTSIDE-SECRET-6502"
