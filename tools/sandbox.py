@@ -54,12 +54,15 @@ from pathlib import Path
 from typing import Self
 
 import anyio
+import structlog
 from anyio.abc import ByteReceiveStream, Process
 
 from engine.resources import AsyncResource
 from tools._cgroup import RunCgroup
 from tools._hidden import hidden_paths
 from tools._quota import QuotaWatch
+
+log = structlog.get_logger("drillyard.sandbox")
 
 INSIDE = "/workspace"
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "mime.types",
@@ -420,8 +423,12 @@ def _disable_userns() -> tuple[str, ...]:
     try:
         shown = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return ("--disable-userns",) if "--disable-userns" in shown.stdout + shown.stderr else ()
+        shown = None
+    if shown is not None and "--disable-userns" in shown.stdout + shown.stderr:
+        return ("--disable-userns",)
+    log.warning("this bubblewrap has no --disable-userns (0.8 or later has it): code in the "
+                "jail may make user namespaces of its own")
+    return ()
 
 
 def _kill(proc: Process) -> None:

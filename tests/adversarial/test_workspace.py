@@ -237,3 +237,49 @@ async def test_hard_links_never_lead_outside(store: Path, run_tmp: Path) -> None
     assert_responsive(h)
     outside.unlink()
     assert_nothing_left(h, run_tmp)
+
+
+UNPRIVILEGED_REMOVAL = r"""
+import os, socket, sys
+from pathlib import Path
+from tools.workspace import remove_tree
+root = Path(sys.argv[1])
+os.chdir(root)
+os.makedirs('locked/inner/deeper')
+open('locked/inner/deeper/f.txt', 'w').write('x')
+os.chmod('locked/inner/deeper', 0)
+os.chmod('locked/inner', 0o500)
+os.chmod('locked', 0)
+open('ro.txt', 'w').write('ro'); os.chmod('ro.txt', 0o400)
+os.mkfifo('pipe'); socket.socket(socket.AF_UNIX).bind('sock')
+os.mkdir('deep'); os.chdir('deep')
+for i in range(1200):
+    os.mkdir('d'); os.chdir('d')
+os.chdir('/')
+os.chmod(root, 0o500)
+print('gone' if remove_tree(root) else 'left', os.path.lexists(root))
+"""
+
+
+def test_removal_needs_no_privilege_over_what_the_agent_locked(run_tmp: Path) -> None:
+    """As the jail's own user (the engine's, when it is not root), a tree of
+    folders made unreadable and unwritable, 1200 deep, with a FIFO and a socket,
+    is removed."""
+    import subprocess
+    import sys
+
+    tmp = run_tmp / "tmp"  # a parent like /tmp: anyone may make a folder there
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    root = tmp / "agent-made"
+    root.mkdir()
+    command = [sys.executable, "-c", UNPRIVILEGED_REMOVAL, str(root)]
+    if os.geteuid() == 0:  # become an unprivileged user, as the engine would be
+        uid = 1_000_000 + int.from_bytes(os.urandom(3), "big")
+        os.chown(root, uid, uid)
+        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+    repo = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert done.stdout.strip() == "gone False", done.stdout + done.stderr
+    tmp.rmdir()
