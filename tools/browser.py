@@ -226,7 +226,7 @@ class BrowserToolbox(ToolboxBase):
                                          f"hosts and ports: {self.allow.describe()}")
             if (err := self._count_page()) is not None:
                 return err
-            return await self._navigate(lambda: page.goto(url, wait_until="load"))
+            return await self._navigate(functools.partial(self._goto_settled, url))
         if name == "browser_text":
             return await self._describe()
         if name == "browser_find":
@@ -309,8 +309,9 @@ class BrowserToolbox(ToolboxBase):
         return await self._describe()
 
     async def _goto_settled(self, url: str) -> None:
-        """``page.goto`` right after an aborted navigation: Chromium may still be
-        settling that one (and then interrupts this); try again."""
+        """``page.goto``, tried again when a navigation the guard aborted before is
+        still settling in Chromium (its error page or blank page then interrupts
+        this one)."""
         from playwright.async_api import Error as PlaywrightError
 
         for attempt in range(3):
@@ -329,7 +330,7 @@ class BrowserToolbox(ToolboxBase):
         from playwright.async_api import Error as PlaywrightError
 
         with contextlib.suppress(PlaywrightError):
-            await self._page.goto("about:blank")
+            await self._goto_settled("about:blank")
 
     async def _screenshot(self, name: Any) -> Observation:
         if not isinstance(name, str) or not _SHOT_NAME.match(name) or name.startswith("."):
