@@ -99,3 +99,27 @@ def hidden_paths(roots: tuple[str, ...]) -> tuple[str, ...]:
         if not _inside(path, kept):
             kept.append(path)
     return tuple(kept)
+
+
+def holds_project(folder: str) -> str | None:
+    """Why ``folder`` (offered to the jail as packages) would show Drillyard, or None."""
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    projects = _project_folders()
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.lower().startswith(("drillyard-", "__editable__.drillyard", "drillyard.")):
+            return f"it holds {name}, Drillyard's own install"
+        if name == "gaia" and os.path.isdir(os.path.join(path, "data")):
+            return f"it holds {path}/data, the bundled GAIA answers"
+        if name.endswith((".pth", ".egg-link")):
+            try:
+                with open(path, errors="replace") as f:
+                    text = f.read(65536)
+            except OSError:
+                continue
+            if any(p in text for p in projects):
+                return f"{name} points at Drillyard's source"
+    return None

@@ -57,14 +57,16 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process
 
+from engine.errors import ConfigError
 from engine.resources import AsyncResource
 from tools._cgroup import RunCgroup
-from tools._hidden import hidden_paths
+from tools._hidden import hidden_paths, holds_project
 from tools._quota import QuotaWatch
 
 log = structlog.get_logger("drillyard.sandbox")
 
 INSIDE = "/workspace"
+PACKAGES = "/opt/packages"
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "mime.types",
         "fonts", "ssl/openssl.cnf", "matplotlibrc")
 # bwrap's own processes see this (readable in the jail's /proc/1/environ): nothing of the host's
@@ -140,20 +142,38 @@ def check_available() -> None:
                 f"(apt-get install -y {package})")
 
 
+def check_packages(packages: Sequence[str]) -> list[str]:
+    """The real paths of package folders for a jail; ConfigError for one that
+    would show the jail Drillyard itself (its package data holds answers)."""
+    folders = [os.path.realpath(p) for p in packages]
+    for folder in folders:
+        why = holds_project(folder)
+        if why is not None:
+            raise ConfigError("code sandbox packages", f"{folder} cannot be shown to the jail: "
+                              f"{why}", "give a folder with only the packages the code needs "
+                              "(pip install --target DIR numpy pandas)")
+    return folders
+
+
 class Jail(AsyncResource):
     """Runs commands in a bubblewrap jail over ``workspace`` (mounted at ``/workspace``).
 
     ``ro_binds`` are extra host paths made visible read-only at the same place
-    (for example a Python installation); ``env`` adds environment variables.
+    (their package folders covered, like /usr's); ``packages`` are folders of
+    Python packages the code may import (a ``pip install --target`` folder),
+    mounted read-only at ``/opt/packages/N`` and put on ``PYTHONPATH`` — refused
+    when they hold Drillyard itself; ``env`` adds environment variables.
     """
 
     def __init__(self, workspace: str | Path, limits: Limits | None = None, *,
-                 ro_binds: Sequence[str] = (), env: dict[str, str] | None = None,
+                 ro_binds: Sequence[str] = (), packages: Sequence[str] = (),
+                 env: dict[str, str] | None = None,
                  use_cgroups: bool = True) -> None:
         check_available()
         self.workspace = Path(workspace).resolve()
         self.limits = limits or Limits()
         self.ro_binds = [str(Path(p)) for p in ro_binds]
+        self.packages = check_packages(packages)
         self.env = dict(env or {})
         self.uid: int | None = None
         self.hidden: tuple[str, ...] = ()
@@ -234,6 +254,8 @@ class Jail(AsyncResource):
             cmd += ["--ro-bind", path, path]
         for path in self.hidden:  # an empty read-only folder over each package folder
             cmd += ["--size", "4096", "--tmpfs", path, "--remount-ro", path]
+        for i, path in enumerate(self.packages):
+            cmd += ["--ro-bind", path, f"{PACKAGES}/{i}"]
         cmd += ["--proc", "/proc", "--dev", "/dev",
                 "--size", str(lim.shm_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
                 "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
@@ -243,6 +265,9 @@ class Jail(AsyncResource):
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
                "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", **self.env}
+        if self.packages:
+            inside = [f"{PACKAGES}/{i}" for i in range(len(self.packages))]
+            env["PYTHONPATH"] = ":".join([*inside, *filter(None, [env.get("PYTHONPATH")])])
         for key, value in env.items():
             cmd += ["--setenv", key, value]
         return [*cmd, "--", *argv]

@@ -171,3 +171,22 @@ async def test_the_jail_sees_no_site_packages(store: Path, run_tmp: Path) -> Non
     if shutil.which("python3"):
         assert "no third-party packages" in text
     assert_nothing_left(h, run_tmp)
+
+
+async def test_packages_are_shown_only_when_given_and_never_drillyard(
+        store: Path, run_tmp: Path) -> None:
+    from engine.errors import ConfigError
+    from tools.code import LocalCodeEnvironment
+
+    packages = run_tmp / "jail-packages"  # as `pip install --target` leaves it
+    (packages / "harbourlib").mkdir(parents=True)
+    (packages / "harbourlib" / "__init__.py").write_text("TIDE = 'high'\n")
+    (packages / "harbourlib-1.0.dist-info").mkdir()
+    h = await hostile_rollout(store, lambda: LocalCodeEnvironment(packages=[str(packages)]), [
+        python_in_jail("import harbourlib, sys\nprint('tide', harbourlib.TIDE)")])
+    assert "tide high" in h.result("run_python")["content"], h.result("run_python")
+    (packages / "drillyard-0.1.0.dist-info").mkdir()
+    with pytest.raises(ConfigError, match="Drillyard's own install"):
+        LocalCodeEnvironment(packages=[str(packages)])
+    shutil.rmtree(packages)
+    assert_nothing_left(h, run_tmp)
