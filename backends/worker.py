@@ -13,7 +13,11 @@ Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
     DELETE /envs/{id}              close it and free its slot
 
 A request without the engine's per-run token gets 401 and runs nothing. When
-every slot is taken ``POST /envs`` answers 503 with ``Retry-After``. A tool
+every slot is taken ``POST /envs`` answers 503 with ``Retry-After``. A client
+must send each request head within ``--header-timeout`` seconds and its body
+within ``--body-timeout`` (408), and at most ``--max-connections`` are open at
+once (more get 503): a slow or greedy local process cannot tie the worker up
+(`backends.http_limits`). A tool
 call that outlives ``--call-timeout`` becomes an error observation; an
 environment that raises an ``InfraError`` (``EnvironmentLost``: its browser
 or sandbox died), a ``ConnectionError`` or an ``aiohttp.ClientError`` gets
@@ -44,6 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from backends.host import BUSY, CONFIG, FAILED, LOST, TIMEOUT, UNKNOWN, EnvHost, HostError
+from backends.http_limits import HttpLimits
 from engine.environment import EnvSpec, ToolCall
 from engine.errors import ConfigError
 from engine.tasks import TaskView
@@ -186,12 +191,13 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     for module in args.plugin:
         importlib.import_module(module)
     server = WorkerServer(token, args.slots, args.call_timeout or None)
+    limits = HttpLimits(max_connections=args.max_connections,
+                        header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+    server.app.middlewares.append(limits.middleware)
     runner = web.AppRunner(server.app, handle_signals=False, handler_cancellation=True,
-                           access_log=None)
+                           access_log=None, keepalive_timeout=args.header_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    host, port = await limits.listen(runner, args.host, args.port)
     event = {"event": "ready", "host": host, "port": port, "pid": os.getpid()}
     if getattr(args, "tag", None):  # a child of the fork server: say which request this is
         event["tag"] = args.tag
@@ -214,6 +220,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         if stop.is_set():
             await server.host.drain(args.drain_timeout)
     finally:
+        limits.close()
         await runner.cleanup()
 
 
@@ -235,6 +242,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds a reset/step may take (0: none)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds to wait for live environments on SIGTERM")
+    p.add_argument("--header-timeout", type=float, default=30.0,
+                   help="seconds a connection has to send each request head")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds a request has to send its body")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections at most (more are refused with 503)")
     p.add_argument("--plugin", action="append", default=[],
                    help="module to import first (it registers environments); repeatable")
     p.add_argument("--ready-file", help="also write the ready line to this file")
