@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= test,vllm,gaia,browser,mcp,k8s,swift,scaler,bfcl,agents,fast
+EXTRAS  ?= test,vllm,gaia,browser,mcp,k8s,swift,scaler,bfcl,agents,ray,fast
 
 .PHONY: bench test setup setup-test lint typecheck pytest clean
 
@@ -26,7 +26,8 @@ lint: setup-test
 	$(BIN)/mypy engine backends tools gaia scaler bfcl
 
 pytest: setup-test
-	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 DRILLYARD_REQUIRE_BROWSER=1 DRILLYARD_REQUIRE_BFCL=1 DRILLYARD_REQUIRE_AGENTS=1 $(BIN)/python -m pytest
+	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 DRILLYARD_REQUIRE_BROWSER=1 DRILLYARD_REQUIRE_BFCL=1 \
+	  DRILLYARD_REQUIRE_AGENTS=1 DRILLYARD_REQUIRE_RAY=1 DRILLYARD_REQUIRE_KUBECTL=1 $(BIN)/python -m pytest
 
 test: setup-test lint pytest    ## the whole test suite, as CI runs it
 

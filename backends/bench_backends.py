@@ -9,6 +9,10 @@
 3. Environment creation latency (acquire + release) per backend; for
    ``kubernetes`` (the test suite's fake cluster, when importable) also the
    time for pods to become Running and Ready.
+4. Ray (when installed): one step through a Ray actor (an ObjectRef awaited
+   on the loop) against the same step through the worker protocol, create +
+   close, a local cluster's start, an actor's start, and (in a checkout) a
+   head + two worker nodes started as the tests start them.
 
 Results print as a table and go to ``--out`` as JSON.
 """
@@ -141,6 +145,41 @@ async def kubernetes_figures(times: int, calls: int, workdir: Path) -> dict[str,
     return {"pods_ready_s": round(pods_ready, 3), "create": create, "step": overhead}
 
 
+async def ray_figures(times: int, calls: int) -> dict[str, Any] | None:
+    """Ray's costs on a private local cluster (and a 3-node one, in a checkout)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    from backends.ray import LOCAL_IP, RayBackend
+
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    await asyncio.to_thread(ray.init, address="local", num_cpus=2, include_dashboard=False,
+                            log_to_driver=False, _node_ip_address=LOCAL_IP)
+    out["local_cluster_start_s"] = round(time.perf_counter() - started, 3)
+    try:
+        def one_actor() -> RayBackend:
+            return RayBackend(actors=1, slots_per_actor=1, plugins=[PLUGIN])
+
+        started = time.perf_counter()
+        async with one_actor():
+            out["actor_ready_s"] = round(time.perf_counter() - started, 3)
+        out["create"] = await creation(one_actor(), times)
+        out["step"] = await call_overhead(one_actor(), calls)
+    finally:
+        await asyncio.to_thread(ray.shutdown)
+    try:
+        from tests.backends.ray_cluster import RayTestCluster
+    except ImportError:
+        return out
+    started = time.perf_counter()
+    cluster = RayTestCluster(workers=2)  # on the loop: Ray starts a head on the main thread
+    out["three_node_cluster_start_s"] = round(time.perf_counter() - started, 3)
+    cluster.shutdown()
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workers = args.workers or default_workers()
     out: dict[str, Any] = {"cores": workers, "load_avg_before": os.getloadavg(),
@@ -181,6 +220,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         k8s = await kubernetes_figures(args.creates, args.calls, store)
         if k8s is not None:
             out["kubernetes_fake_cluster"] = k8s
+        ray_out = await ray_figures(args.creates, args.calls)
+        if ray_out is not None:
+            out["ray"] = ray_out
     out["load_avg_after"] = os.getloadavg()
     return out
 
@@ -200,6 +242,10 @@ def render(result: dict[str, Any]) -> str:
     if k8s:
         rows += [("step, kubernetes (fake cluster)", k8s["step"]),
                  ("create+close env, kubernetes (fake)", k8s["create"])]
+    ray_out = result.get("ray")
+    if ray_out:
+        rows += [("step, ray (an actor call)", ray_out["step"]),
+                 ("create+close env, ray", ray_out["create"])]
     for label, v in rows:
         lines.append(f"{label:42} {v['p50_ms']:>8} {v['p99_ms']:>8} {v['mean_ms']:>8}")
     lines.append("")
@@ -207,6 +253,12 @@ def render(result: dict[str, Any]) -> str:
                  f"{result['subprocess_pool_start_s']} s")
     if k8s:
         lines.append(f"kubernetes (fake cluster): 2 pods Running+Ready in {k8s['pods_ready_s']} s")
+    if ray_out:
+        lines.append(f"ray: local cluster up in {ray_out['local_cluster_start_s']} s, one actor "
+                     f"placed and up in {ray_out['actor_ready_s']} s")
+        if "three_node_cluster_start_s" in ray_out:
+            lines.append(f"ray: head + 2 worker nodes (ray start) up in "
+                         f"{ray_out['three_node_cluster_start_s']} s")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import secrets
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -262,6 +263,11 @@ class KubernetesBackend(PooledBackend):
                 return ConfigError(where, f"{action} failed: {message}",
                                    "check that the namespace exists")
             return InfraError(f"{where}: {action} failed with {exc.status}: {message}")
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLError):
+            return ConfigError(where, f"its TLS certificate is not trusted while {action}: "
+                               f"{type(exc).__name__}: {exc}",
+                               "check the kubeconfig's certificate-authority-data (or "
+                               "certificate-authority) for this cluster")
         return ConfigError(where, f"unreachable while {action}: {type(exc).__name__}: {exc}",
                            "check the kubeconfig (server, context) and that the cluster is up")
 
@@ -379,7 +385,7 @@ class KubernetesBackend(PooledBackend):
                                 f"ready, the last: {reason} (check the image and the command)")
             self._spawn(self._replace(pod.name, backoff=self._unready_losses))
 
-    def _on_dead(self, worker: WorkerHandle, reason: str) -> None:
+    def _on_dead(self, worker: WorkerHandle, reason: str) -> None:  # type: ignore[override]
         pod = next((p for p in self.state.values() if p.handle is worker), None)
         if pod is not None and not pod.gone:
             pod.gone = True

@@ -1,9 +1,11 @@
-"""What the subprocess and Kubernetes backends share: a pool of workers with slots.
+"""What the subprocess, Kubernetes and Ray backends share: a pool of workers with slots.
 
 `PooledBackend` places each rollout attempt on the live worker with the most
 free slots, waiting (backpressure) while none is free; it health-checks every
 worker and declares one dead when it misses its health deadline. Subclasses
-bring workers up and replace dead ones (`_on_dead`).
+bring workers up and replace dead ones (`_on_dead`). A worker is anything
+with the face of a `PoolWorker`: a `WorkerHandle` (the worker protocol over
+HTTP) or a Ray actor (`backends.ray_actor.ActorWorker`).
 """
 
 from __future__ import annotations
@@ -11,18 +13,38 @@ from __future__ import annotations
 import asyncio
 import secrets
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import anyio
 import structlog
 
-from backends.remote import RemoteEnvironment, WorkerBusy, WorkerHandle, WorkerUnreachable
+from backends.remote import WorkerBusy, WorkerUnreachable
 from engine.backend import Backend, EnvFactory, Slot
-from engine.environment import EnvSpec
+from engine.environment import Environment, EnvSpec
 from engine.errors import ConfigError, EnvironmentLost, InfraError
 
 log = structlog.get_logger("drillyard.backends.pool")
+
+
+class PoolWorker(Protocol):
+    """What the pool needs of a worker. ``create`` raises `WorkerBusy` (no slot there),
+    `WorkerUnreachable` (the worker is gone, nothing ran) or `EnvironmentLost`."""
+
+    name: str
+    slots: int
+    used: int
+    alive: bool
+    accepting: bool
+
+    @property
+    def free(self) -> int: ...
+
+    def mark_dead(self, reason: str) -> None: ...
+
+    async def health(self, deadline: float) -> dict[str, Any]: ...
+
+    async def create(self, spec: EnvSpec) -> Environment: ...
 
 
 class PoolBroken(InfraError):
@@ -45,7 +67,7 @@ class PooledBackend(Backend):
         self.health_timeout = health_timeout
         self.connect_timeout = connect_timeout
         self.token = secrets.token_urlsafe(32)
-        self.workers: dict[str, WorkerHandle] = {}
+        self.workers: dict[str, PoolWorker] = {}
         self.broken: str | None = None
         self.deaths = 0
         self._changed = asyncio.Condition()
@@ -60,7 +82,7 @@ class PooledBackend(Backend):
         """How many workers the pool keeps up."""
 
     @abstractmethod
-    def _on_dead(self, worker: WorkerHandle, reason: str) -> None:
+    def _on_dead(self, worker: PoolWorker, reason: str) -> None:
         """A worker was declared dead: stop what is left of it and bring up another."""
 
     # ---- lifecycle -------------------------------------------------------
@@ -97,12 +119,12 @@ class PooledBackend(Backend):
         async with self._changed:
             self._changed.notify_all()
 
-    def _add_worker(self, worker: WorkerHandle) -> None:
+    def _add_worker(self, worker: PoolWorker) -> None:
         self.workers[worker.name] = worker
         self._spawn(self._notify())
         self._spawn(self._health_loop(worker))
 
-    def declare_dead(self, worker: WorkerHandle, reason: str) -> None:
+    def declare_dead(self, worker: PoolWorker, reason: str) -> None:
         """Mark a worker dead (its calls end with EnvironmentLost) and let the subclass act."""
         if not worker.alive:
             return
@@ -117,7 +139,7 @@ class PooledBackend(Backend):
         self.broken = reason
         self._spawn(self._notify())
 
-    async def _health_loop(self, worker: WorkerHandle) -> None:
+    async def _health_loop(self, worker: PoolWorker) -> None:
         while worker.alive:
             await asyncio.sleep(self.health_interval)
             if not worker.alive:
@@ -140,7 +162,7 @@ class PooledBackend(Backend):
 
     # ---- placement -------------------------------------------------------
 
-    def _pick(self, avoid: set[str]) -> WorkerHandle | None:
+    def _pick(self, avoid: set[str]) -> PoolWorker | None:
         live = [w for w in self.workers.values() if w.free > 0 and w.name not in avoid]
         return max(live, key=lambda w: w.free) if live else None
 
@@ -181,7 +203,7 @@ class PooledBackend(Backend):
                 raise
             return Slot(env=env, worker=worker.name, handle=worker)
 
-    async def _check(self, worker: WorkerHandle) -> None:
+    async def _check(self, worker: PoolWorker) -> None:
         """One health check now; a worker that fails it is declared dead."""
         try:
             await worker.health(self.health_timeout)
@@ -190,17 +212,15 @@ class PooledBackend(Backend):
                 self.declare_dead(worker, f"failed a health check ({exc})")
 
     async def release(self, slot: Slot) -> None:
-        worker: WorkerHandle = slot.handle
-        env = slot.env
+        worker: PoolWorker = slot.handle
         try:
-            if isinstance(env, RemoteEnvironment):
-                await env.close()
+            await slot.env.close()
         except Exception as exc:  # a dead worker took the environment with it
             log.debug("environment close failed", worker=worker.name, error=repr(exc))
         finally:
             await self._free(worker)
 
-    async def _free(self, worker: WorkerHandle) -> None:
+    async def _free(self, worker: PoolWorker) -> None:
         worker.used -= 1
         with anyio.CancelScope(shield=True):
             async with self._changed:

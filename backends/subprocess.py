@@ -346,7 +346,7 @@ class SubprocessBackend(PooledBackend):
         if not self._closing:
             self.declare_dead(handle, f"worker process {proc.pid} exited with code {code}")
 
-    def _on_dead(self, worker: WorkerHandle, reason: str) -> None:
+    def _on_dead(self, worker: WorkerHandle, reason: str) -> None:  # type: ignore[override]
         index = self._index.pop(worker.name)
         proc = self.processes.get(self._pid.pop(worker.name))
         if proc is not None and proc.returncode is None:  # hung: it must not linger

@@ -4,7 +4,7 @@
 
 Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
 
-    GET    /health                 liveness, slots, free slots, draining
+    GET    /health                 liveness, slots, free slots, draining, calls running
     POST   /envs        {spec}     build a registered environment → {env_id, tools, respond}
     POST   /envs/{id}/reset {task_view}   → observation + the tools after the reset
     POST   /envs/{id}/step  {tool_call}   → observation (tool errors are observations)
@@ -14,16 +14,21 @@ Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
     GET    /channel                the same calls as frames on one WebSocket (backends.channel)
 
 A request without the engine's per-run token gets 401 and runs nothing. When
-every slot is taken ``POST /envs`` answers 503 with ``Retry-After``. A tool
+every slot is taken ``POST /envs`` answers 503 with ``Retry-After``. A client
+must send each request head within ``--header-timeout`` seconds and its body
+within ``--body-timeout`` (408), and at most ``--max-connections`` are open at
+once (more get 503): a slow or greedy local process cannot tie the worker up
+(`backends.http_limits`). A tool
 call that outlives ``--call-timeout`` becomes an error observation; an
 environment that raises an ``InfraError`` (``EnvironmentLost``: its browser
 or sandbox died), a ``ConnectionError`` or an ``aiohttp.ClientError`` gets
 410, which the engine treats as on the in-process backend: the attempt ends
-in ``error`` and is retried. On
-SIGTERM the worker drains: it refuses new environments, waits (up to
-``--drain-timeout``) for the live ones to be closed, then exits. Once bound it
-prints one line ``{"event": "ready", "host": ..., "port": ..., "pid": ...}`` on
-stdout (and writes it to ``--ready-file`` when given).
+in ``error`` and is retried (the hosting itself, shared with the Ray actors,
+is `backends.host.EnvHost`). On SIGTERM the worker drains: it refuses new
+environments, waits (up to ``--drain-timeout``) for the live ones to be
+closed, then exits. Once bound it prints one line
+``{"event": "ready", "host": ..., "port": ..., "pid": ...}`` on stdout (and
+writes it to ``--ready-file`` when given).
 """
 
 from __future__ import annotations
@@ -35,31 +40,21 @@ import hmac
 import importlib
 import json
 import os
-import secrets
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from backends.channel import serve_channel
+from backends.host import BUSY, CONFIG, FAILED, LOST, TIMEOUT, UNKNOWN, EnvHost, HostError
+from backends.http_limits import HttpLimits
 from engine import eventloop
-from engine.backend import build_environment
-from engine.environment import (
-    Environment,
-    EnvSpec,
-    Observation,
-    Responsive,
-    ToolCall,
-    responds,
-)
+from engine.environment import EnvSpec, ToolCall
 from engine.errors import ConfigError
-from engine.rollout import ENVIRONMENT_FAULTS
 from engine.tasks import TaskView
 
 TOKEN_ENV = "DRILLYARD_WORKER_TOKEN"
@@ -69,29 +64,14 @@ PLUGINS_ENV = "DRILLYARD_WORKER_PLUGINS"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass(slots=True)
-class _Hosted:
-    env: Environment
-    spec: EnvSpec
-    created: float = field(default_factory=time.monotonic)
-
-
 class WorkerServer:
-    """Hosts up to ``slots`` environments; serves only holders of ``token``."""
+    """Hosts up to ``slots`` environments (an `EnvHost`); serves only holders of ``token``."""
 
     def __init__(self, token: str, slots: int = 4, call_timeout: float | None = 300.0) -> None:
         if not token:
             raise ConfigError("worker", "no token given", "pass --token-file or set " + TOKEN_ENV)
-        if slots < 1:
-            raise ConfigError("worker", f"slots must be >= 1, got {slots}")
         self._token = f"Bearer {token}".encode()
-        self.slots = slots
-        self.call_timeout = call_timeout
-        self.envs: dict[str, _Hosted] = {}
-        self._reserved = 0  # slots taken by environments still being built
-        self.draining = False
-        self._empty = asyncio.Event()
-        self._empty.set()
+        self.host = EnvHost(slots, call_timeout)
         self.app = web.Application(middlewares=[self._auth], client_max_size=64 * 1024**2)
         self.app.add_routes([
             web.get("/health", self.health),
@@ -102,10 +82,6 @@ class WorkerServer:
             web.delete("/envs/{env_id}", self.delete),
             web.get("/channel", self.channel),
         ])
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.envs) - self._reserved
 
     # ---- middleware ------------------------------------------------------
 
@@ -120,9 +96,7 @@ class WorkerServer:
     # ---- routes ----------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": not self.draining, "draining": self.draining,
-                                  "slots": self.slots, "free": self.free,
-                                  "live": len(self.envs), "pid": os.getpid()})
+        return web.json_response(self.host.health())
 
     async def create(self, request: web.Request) -> web.Response:
         return _reply(*await self.op_create(await _json(request)))
@@ -143,7 +117,7 @@ class WorkerServer:
         """The same calls as frames over one WebSocket (`backends.channel`)."""
         return await serve_channel(request, self.dispatch)
 
-    # ---- the calls, whichever lane they came by -------------------------
+    # ---- the calls, whichever lane they came by: (status, body) ------------
 
     async def dispatch(self, op: str, env_id: str | None, body: dict[str, Any]) -> tuple[int, Any]:
         if op == "step" and env_id is not None:
@@ -160,140 +134,69 @@ class WorkerServer:
                               "with an env)"}
 
     async def op_create(self, body: dict[str, Any]) -> tuple[int, Any]:
-        if self.draining:
-            return _BUSY, {"error": "worker is draining"}
-        if self.free <= 0:
-            return _BUSY, {"error": f"all {self.slots} slots are in use"}
         spec_data = body.get("spec")
         if not isinstance(spec_data, dict) or not isinstance(spec_data.get("name"), str):
             return 400, {"error": 'body must be {"spec": {"name": str, "config": {...}}}'}
         spec = EnvSpec(spec_data["name"], dict(spec_data.get("config") or {}))
-        self._reserved += 1
-        self._empty.clear()
         try:
-            env = build_environment(spec)
-            tools = env.tools
-        except ConfigError as exc:
-            return 400, {"error": str(exc)}
-        except Exception as exc:
-            return 500, {"error": f"building environment '{spec.name}' raised "
-                                  f"{type(exc).__name__}: {exc}"}
-        finally:
-            self._reserved -= 1
-            self._check_empty()
-        env_id = secrets.token_hex(8)
-        self.envs[env_id] = _Hosted(env, spec)
-        self._empty.clear()
-        return 200, {"env_id": env_id, "tools": tools, "respond": responds(env)}
+            env_id, tools = await self.host.create(spec)
+        except HostError as exc:
+            return _refused(exc)
+        return 200, {"env_id": env_id, "tools": tools, "respond": self.host.responds(env_id)}
 
     async def op_reset(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
-        hosted = self.envs.get(env_id)
-        if hosted is None:
-            return 404, {"error": f"no environment {env_id}"}
         try:
             view = TaskView.from_dict(body["task_view"])
         except (KeyError, TypeError, ValueError) as exc:
             return 400, {"error": f'body must be {{"task_view": {{...}}}}: {exc!r}'}
         try:
-            obs = await self._bounded(hosted.env.reset(view))
-        except Exception as exc:
-            return self._fault("reset", exc)
-        # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
-        return 200, {**obs.to_dict(), "tools": hosted.env.tools}
+            obs = await self.host.reset(env_id, view)
+            # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
+            return 200, {**obs.to_dict(), "tools": self.host.tools(env_id)}
+        except HostError as exc:
+            return _refused(exc)
 
     async def op_step(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
-        hosted = self.envs.get(env_id)
-        if hosted is None:
-            return 404, {"error": f"no environment {env_id}"}
         try:
             call = ToolCall.from_dict(body["tool_call"])
         except (KeyError, TypeError, AttributeError) as exc:
             return 400, {"error": f'body must be {{"tool_call": {{...}}}}: {exc!r}'}
-        if call.error is not None:  # a malformed call never reaches the environment
-            return 200, Observation.error(call.error).to_dict()
         try:
-            obs = await self._bounded(hosted.env.step(call))
-        except TimeoutError:
-            obs = Observation.error(f"tool {call.name} did not finish within {self.call_timeout}s")
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
-        except Exception as exc:  # the tool's fault: the agent sees it
-            obs = Observation.error(f"tool {call.name} raised {type(exc).__name__}: {exc}")
+            obs = await self.host.step(env_id, call)
+        except HostError as exc:
+            return _refused(exc)
         return 200, obs.to_dict()
 
     async def op_respond(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
-        hosted = self.envs.get(env_id)
-        if hosted is None:
-            return 404, {"error": f"no environment {env_id}"}
         reply = body.get("reply")
         if reply is not None and not isinstance(reply, str):
             return 400, {"error": 'body must be {"reply": str | null}'}
-        if not responds(hosted.env):
-            return 400, {"error": f"environment '{hosted.spec.name}' has no respond"}
-        env = cast(Responsive, hosted.env)
         try:
-            async with asyncio.timeout(self.call_timeout):
-                obs = await env.respond(reply)
-        except Exception as exc:
-            return self._fault("respond", exc)
-        if obs is not None and not isinstance(obs, Observation):
-            return 500, {"error": f"respond returned {type(obs).__name__}, not an Observation"}
-        return 200, {"observation": None if obs is None else obs.to_dict(),
-                     "tools": hosted.env.tools}
-
-    def _fault(self, what: str, exc: Exception) -> tuple[int, Any]:
-        """The answer to a reset or respond that raised: past its deadline 504, the
-        environment gone 410 (the engine retries), anything else 500."""
-        if isinstance(exc, TimeoutError):
-            return 504, {"error": f"{what} did not finish within {self.call_timeout}s"}
-        if isinstance(exc, ENVIRONMENT_FAULTS):
-            return 410, {"error": f"environment lost: {type(exc).__name__}: {exc}"}
-        return 500, {"error": f"{what} raised {type(exc).__name__}: {exc}"}
+            obs = await self.host.respond(env_id, reply)
+            tools = self.host.tools(env_id)
+        except HostError as exc:
+            return _refused(exc)
+        return 200, {"observation": None if obs is None else obs.to_dict(), "tools": tools}
 
     async def op_delete(self, env_id: str) -> tuple[int, Any]:
-        hosted = self.envs.pop(env_id, None)
-        if hosted is None:
-            return 404, {"error": f"no environment {env_id}"}
         try:
-            await asyncio.shield(self._close(hosted))
-        finally:
-            self._check_empty()
+            await self.host.close(env_id)
+        except HostError as exc:
+            return _refused(exc)
         return 200, {"closed": env_id}
 
-    # ---- helpers ---------------------------------------------------------
 
-    async def _bounded(self, awaitable: Awaitable[Observation]) -> Observation:
-        async with asyncio.timeout(self.call_timeout):  # a timer, not a task, per call
-            obs = await awaitable
-        if not isinstance(obs, Observation):
-            raise TypeError(f"environment returned {type(obs).__name__}, not an Observation")
-        return obs
-
-    async def _close(self, hosted: _Hosted) -> None:
-        try:
-            await asyncio.wait_for(hosted.env.close(), self.call_timeout)
-        except Exception as exc:
-            print(f"worker: closing {hosted.spec.name} failed: {exc!r}", file=sys.stderr)
-
-    def _check_empty(self) -> None:
-        if not self.envs and not self._reserved:
-            self._empty.set()
-
-    async def drain(self, grace: float) -> None:
-        """Refuse new environments; wait for live ones to be closed, then close the rest."""
-        self.draining = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._empty.wait(), grace)
-        for env_id in list(self.envs):
-            await self._close(self.envs.pop(env_id))
+# what the client (backends.remote) reads back: 410 lost -> retried, 503 busy -> elsewhere
+STATUS = {BUSY: 503, CONFIG: 400, UNKNOWN: 404, FAILED: 500, LOST: 410, TIMEOUT: 504}
 
 
-_BUSY = 503
+def _refused(exc: HostError) -> tuple[int, Any]:
+    return STATUS.get(exc.kind, 500), {"error": exc.message}
 
 
 def _reply(status: int, body: Any) -> web.Response:
     """A call's answer over HTTP (``Retry-After`` on a busy worker)."""
-    headers = {"Retry-After": "1"} if status == _BUSY else None
+    headers = {"Retry-After": "1"} if status == STATUS[BUSY] else None
     return web.Response(status=status, body=orjson.dumps(body), headers=headers,
                         content_type="application/json")
 
@@ -315,12 +218,13 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     for module in args.plugin:
         importlib.import_module(module)
     server = WorkerServer(token, args.slots, args.call_timeout or None)
+    limits = HttpLimits(max_connections=args.max_connections,
+                        header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+    server.app.middlewares.append(limits.middleware)
     runner = web.AppRunner(server.app, handle_signals=False, handler_cancellation=True,
-                           access_log=None)
+                           access_log=None, keepalive_timeout=args.header_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    host, port = await limits.listen(runner, args.host, args.port)
     event = {"event": "ready", "host": host, "port": port, "pid": os.getpid()}
     if getattr(args, "tag", None):  # a child of the fork server: say which request this is
         event["tag"] = args.tag
@@ -341,8 +245,9 @@ async def serve(args: argparse.Namespace, token: str) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
         if stop.is_set():
-            await server.drain(args.drain_timeout)
+            await server.host.drain(args.drain_timeout)
     finally:
+        limits.close()
         await runner.cleanup()
 
 
@@ -364,6 +269,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds a reset/step may take (0: none)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds to wait for live environments on SIGTERM")
+    p.add_argument("--header-timeout", type=float, default=30.0,
+                   help="seconds a connection has to send each request head")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds a request has to send its body")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections at most (more are refused with 503)")
     p.add_argument("--plugin", action="append", default=[],
                    help="module to import first (it registers environments); repeatable")
     p.add_argument("--ready-file", help="also write the ready line to this file")

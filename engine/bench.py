@@ -443,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default="inprocess",
         help="backend for the distributed runs, by registered name: inprocess, "
-        "subprocess, kubernetes (inprocess); the sequential baseline is always "
-        "in-process",
+        "subprocess, kubernetes (the fake cluster), ray (a local Ray cluster) "
+        "(inprocess); the sequential baseline is always in-process",
     )
     g.add_argument(
         "--backend-options",

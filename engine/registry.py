@@ -21,6 +21,7 @@ _BUILTINS: dict[str, dict[str, tuple[str, str | None]]] = {
         "inprocess": ("backends.inprocess:InProcessBackend", None),
         "subprocess": ("backends.subprocess:SubprocessBackend", None),
         "kubernetes": ("backends.kubernetes:KubernetesBackend", "k8s"),
+        "ray": ("backends.ray:RayBackend", "ray"),
     },
     "environments": {
         "arithmetic": ("engine.envs.arithmetic:ArithmeticEnvironment", None),

@@ -12,6 +12,8 @@ optional: skipped when it is not registered or its extra is missing.
 
 Tools see a task view with no metadata but ``level``, ``file_name`` and
 ``web_url``: the ground truth and the annotator's steps never reach a tool.
+A joined browser is pinned to the environment's own web server (host and
+port, exactly), besides any ``allow_hosts`` given in its ``tool_config``.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ class GaiaEnvironment(ToolboxEnvironment):
         await self._release_server()
         if self.serve_web:
             self.server = await acquire_shared(self.web_root)
+        for box in self.toolboxes:  # the browser may reach exactly our own server
+            pin = getattr(box, "pin", None)
+            if callable(pin):
+                pin(*([self.server.url] if self.server else []))
         metadata = {k: task.metadata[k] for k in FORWARDED_METADATA if k in task.metadata}
         metadata["web_url"] = self.server.url if self.server else None
         return await super().reset(TaskView(task.id, task.prompt, task.attachments, metadata))

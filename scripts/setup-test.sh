@@ -13,6 +13,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   for pkg in $(cat scripts/apt-packages.txt 2>/dev/null); do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
+  # the kubectl tests need a real kubectl: Debian's kubernetes-client where none is there
+  command -v kubectl >/dev/null || missing+=(kubernetes-client)
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

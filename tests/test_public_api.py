@@ -64,7 +64,8 @@ def test_the_core_does_not_import_plugins_at_import_time() -> None:
     code = (
         "import sys, engine, engine.api, engine.cli, engine.bench; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('backends', 'tools', 'gaia', 'vllm', 'swift', 'kubernetes_asyncio', 'playwright')))"
+        "('backends', 'tools', 'gaia', 'vllm', 'swift', 'kubernetes_asyncio', 'playwright',"
+        " 'ray')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

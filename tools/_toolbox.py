@@ -22,15 +22,20 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
+import structlog
 
 from engine.environment import Observation, ToolCall, ToolSpec
 from engine.resources import AsyncResource
 from engine.tasks import TaskView
 from engine.toolkit import FunctionTool
+from tools.workspace import remove_tree
+
+log = structlog.get_logger("drillyard.tools")
 
 
 @runtime_checkable
@@ -56,6 +61,8 @@ class Workspace:
 
     Attachments are copied by base name (the original files, and whatever lies
     beside them, such as a ``metadata.jsonl`` holding answers, stay out of reach).
+    `remove` takes the folder away whatever the tools and the agent made of it
+    (see `tools.workspace.remove_tree`) and says whether it is gone.
     """
 
     def __init__(self, task: TaskView, parent: str | Path | None = None) -> None:
@@ -73,8 +80,12 @@ class Workspace:
             self.remove()
             raise
 
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    def remove(self) -> bool:
+        """Remove the folder (blocking: call it in a worker thread); never raises."""
+        gone = remove_tree(self.path)
+        if not gone:
+            log.error("workspace could not be removed", path=str(self.path))
+        return gone
 
 
 class FunctionToolbox(ToolboxBase):
@@ -155,11 +166,11 @@ class ToolboxEnvironment:
             return Observation.error("the environment was not reset")
         try:
             with anyio.fail_after(self.deadline):
-                return await box.call(call.name, call.parsed)
+                return valid_text(await box.call(call.name, call.parsed))
         except TimeoutError:
             return Observation.error(f"{call.name} did not finish within {self.deadline:g} s")
         except Exception as exc:  # a tool's own fault is the agent's observation
-            return Observation.error(f"{call.name} raised {type(exc).__name__}: {exc}")
+            return valid_text(Observation.error(f"{call.name} raised {type(exc).__name__}: {exc}"))
 
     async def _stop(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -168,8 +179,26 @@ class ToolboxEnvironment:
                     await box.aclose()
             finally:
                 if self.workspace is not None:
-                    self.workspace.remove()
-                    self.workspace = None
+                    workspace, self.workspace = self.workspace, None
+                    await anyio.to_thread.run_sync(workspace.remove)
 
     async def close(self) -> None:
         await self._stop()
+
+
+def _text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (file names that are not UTF-8)
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+def valid_text(obs: Observation) -> Observation:
+    """The observation with text any JSON encoder (and the trace store) takes:
+    bytes a tool passed through from file names appear as ``\\xNN``."""
+    info = {k: _text(v) if isinstance(v, str) else v for k, v in obs.info.items()}
+    content = _text(obs.content)
+    if content is obs.content and info == obs.info:
+        return obs
+    return replace(obs, content=content, info=info)

@@ -11,26 +11,31 @@ One Chromium per event loop (so one per engine, or per backend worker),
 shared by reference count; one browser *context* (cookies, cache, pages) per
 rollout. `shared_browser()` holds the Chromium open across rollouts
 (``async with shared_browser(): ...``); without it, it closes with the last context.
-Every request of a page (navigations and sub-resources) is checked against
-``allow_hosts`` (default: loopback only; ``"*.example.org"`` allows subdomains,
-``"host:port"`` one port); only http(s) URLs are allowed. Limits: pages
-visited per rollout (``max_pages``), seconds per navigation and per action,
-characters of text returned. Needs ``pip install playwright`` and the
-``chromium`` Debian package (``playwright install`` is never needed).
+Every request of a page (navigations, redirects hop by hop, sub-resources,
+WebSockets) is checked against ``allow_hosts``, host *and* port (see
+`tools._netguard`: ``"example.org"`` means its ports 80 and 443,
+``"127.0.0.1:8123"`` one port, ``"host:*"`` any); the default allows nothing,
+and an environment pins what it serves itself (the ``gaia`` environment: its
+web server, exactly). After every navigation the page's URL is checked again.
+Only http(s) URLs are allowed; WebRTC may not use UDP. A download (a link to
+a file the browser does not show) is saved in the workspace, at most
+``max_download`` bytes. Limits: pages visited per rollout (``max_pages``),
+seconds per navigation and per action, characters of text returned. Needs
+``pip install playwright`` and the ``chromium`` Debian package (``playwright
+install`` is never needed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import functools
 import re
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 
@@ -38,12 +43,14 @@ from engine import registry
 from engine.environment import Observation, ToolSpec
 from engine.errors import ConfigError
 from engine.tasks import TaskView
+from tools._netguard import MAX_REDIRECTS, Allowlist, NetGuard
 from tools._toolbox import ToolboxBase, ToolboxEnvironment
+from tools.workspace import NotAFile, write_inside
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--webrtc-ip-handling-policy=disable_non_proxied_udp"]
 _SHOT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
 
@@ -142,39 +149,20 @@ async def shared_browser(executable: str = CHROMIUM) -> AsyncIterator[Any]:
         await shared.release()
 
 
-@dataclass(frozen=True, slots=True)
-class HostRule:
-    host: str
-    port: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> HostRule:
-        text = text.strip().lower()
-        if text.startswith("[") and "]" in text:  # [::1]:8080
-            host, _, rest = text[1:].partition("]")
-            return cls(host, int(rest[1:]) if rest.startswith(":") else None)
-        if text.count(":") == 1:
-            host, port = text.split(":")
-            return cls(host, int(port))
-        return cls(text)
-
-    def allows(self, host: str, port: int | None) -> bool:
-        if self.port is not None and port != self.port:
-            return False
-        if self.host.startswith("*."):
-            return host == self.host[2:] or host.endswith(self.host[1:])
-        return host == self.host
-
-
 class BrowserToolbox(ToolboxBase):
     """Browser tools over one Chromium context per rollout (see the module doc)."""
 
     specs = BROWSER_SPECS
 
-    def __init__(self, allow_hosts: Sequence[str] = LOOPBACK, *, max_pages: int = 30,
+    def __init__(self, allow_hosts: Sequence[str] = (), *, max_pages: int = 30,
                  nav_timeout: float = 20.0, action_timeout: float = 5.0, max_chars: int = 8000,
-                 executable: str = CHROMIUM) -> None:
-        self.rules = [HostRule.parse(h) for h in allow_hosts]
+                 max_download: int = 20 * 1024 * 1024, executable: str = CHROMIUM) -> None:
+        try:
+            self.allow = Allowlist.parse(allow_hosts)
+        except ValueError as exc:
+            raise ConfigError("browser", str(exc), "write 'host', 'host:port' or 'host:*'"
+                              ) from None
+        self.max_download = max_download
         self.max_pages = max_pages
         self.nav_timeout = nav_timeout
         self.action_timeout = action_timeout
@@ -182,21 +170,26 @@ class BrowserToolbox(ToolboxBase):
         self.executable = executable
         self.workspace: Path | None = None
         self.pages_visited = 0
-        self.blocked: list[str] = []
+        self.guard: NetGuard | None = None
         self._context: Any = None
         self._page: Any = None
         self._shared: _Shared | None = None
 
+    def pin(self, *urls: str) -> None:
+        """Allow exactly the origins (host and port) of ``urls`` too, replacing
+        those pinned before: how an environment lets its own server in."""
+        self.allow.pinned.clear()
+        for url in urls:
+            self.allow.pin(url)
+
     def allowed(self, url: str) -> bool:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return False
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return any(rule.allows(parts.hostname.lower(), port) for rule in self.rules)
+        return self.allow.allows(url)
 
     async def start(self, task: TaskView, workspace: Path) -> None:
         await self.aclose()
-        self.workspace, self.pages_visited, self.blocked = workspace, 0, []
+        self.workspace, self.pages_visited = workspace, 0
+        self.guard = NetGuard(self.allow, workspace, max_download=self.max_download,
+                              timeout=self.nav_timeout)
         shared = _shared()
         browser = await shared.acquire(self.executable)
         self._shared = shared
@@ -205,20 +198,11 @@ class BrowserToolbox(ToolboxBase):
                 accept_downloads=False, service_workers="block", java_script_enabled=True)
             self._context.set_default_timeout(self.action_timeout * 1000)
             self._context.set_default_navigation_timeout(self.nav_timeout * 1000)
-            await self._context.route("**/*", self._filter)
             self._page = await self._context.new_page()
+            await self.guard.install(self._context, self._page)
         except BaseException:
             await self.aclose()
             raise
-
-    async def _filter(self, route: Any) -> None:
-        url = route.request.url
-        if url.startswith(("data:", "blob:")) or self.allowed(url):
-            await route.continue_()
-        else:
-            if route.request.is_navigation_request():
-                self.blocked.append(url)
-            await route.abort("blockedbyclient")
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Observation:
         if self._page is None:
@@ -237,13 +221,12 @@ class BrowserToolbox(ToolboxBase):
             url = args.get("url")
             if not isinstance(url, str) or not url:
                 return Observation.error('browser_goto needs {"url": "http://..."}')
-            if not self.allowed(url):
+            if not self.allowed(url) or url.startswith(("ws:", "wss:")):
                 return Observation.error(f"{url} is not allowed: only http(s) URLs on these "
-                                         f"hosts: {', '.join(r.host for r in self.rules)}")
+                                         f"hosts and ports: {self.allow.describe()}")
             if (err := self._count_page()) is not None:
                 return err
-            await page.goto(url, wait_until="load")
-            return await self._describe()
+            return await self._navigate(functools.partial(self._goto_settled, url))
         if name == "browser_text":
             return await self._describe()
         if name == "browser_find":
@@ -266,8 +249,7 @@ class BrowserToolbox(ToolboxBase):
         if name == "browser_back":
             if (err := self._count_page()) is not None:
                 return err
-            await page.go_back(wait_until="load")
-            return await self._describe()
+            return await self._navigate(lambda: page.go_back(wait_until="load"))
         if name == "browser_screenshot":
             name = args.get("name") or f"screenshot-{self.pages_visited}.png"
             return await self._screenshot(name)
@@ -285,13 +267,70 @@ class BrowserToolbox(ToolboxBase):
             return Observation.error('browser_click needs {"text": "..."} or {"selector": "..."}')
         if (err := self._count_page()) is not None:
             return err
-        self.blocked.clear()
-        await target.click()
-        await page.wait_for_load_state("load")
-        if self.blocked:
-            return Observation.error(f"the click led to {self.blocked[-1]}, which is not allowed "
-                                     f"(allowed hosts: {', '.join(r.host for r in self.rules)})")
+
+        async def click() -> None:
+            await target.click()
+            await page.wait_for_load_state("load")
+
+        return await self._navigate(click)
+
+    async def _navigate(self, start: Callable[[], Awaitable[Any]]) -> Observation:
+        """Run a navigation; follow allowed main-frame redirects as new navigations;
+        report downloads and refusals; check where the page ended up."""
+        from playwright.async_api import Error as PlaywrightError
+
+        guard, page = self.guard, self._page
+        assert guard is not None
+        guard.reset()
+        action: Callable[[], Awaitable[Any]] | None = start
+        for _ in range(MAX_REDIRECTS + 1):
+            if action is None:
+                break
+            try:
+                await action()
+            except PlaywrightError:
+                if guard.redirect is None and not guard.blocked and not guard.downloaded:
+                    raise
+            action = None
+            if guard.redirect is not None and not guard.blocked:
+                target, guard.redirect = guard.redirect, None
+                action = functools.partial(self._goto_settled, target)
+        if guard.downloaded:
+            note = guard.downloaded[-1]
+            if note.startswith("error: "):
+                return Observation.error(f"download refused: {note[7:]}")
+            return Observation(f"{note} (read it with your file tools)")
+        if guard.blocked or action is not None or not self._at_allowed_url():
+            where = guard.blocked[-1] if guard.blocked else page.url
+            why = "too many redirects" if action is not None else "which is not allowed"
+            await self._blank()
+            return Observation.error(f"that led to {where}, {why} (allowed: "
+                                     f"{self.allow.describe()}); the page is now blank")
         return await self._describe()
+
+    async def _goto_settled(self, url: str) -> None:
+        """``page.goto``, tried again when a navigation the guard aborted before is
+        still settling in Chromium (its error page or blank page then interrupts
+        this one)."""
+        from playwright.async_api import Error as PlaywrightError
+
+        for attempt in range(3):
+            try:
+                await self._page.goto(url, wait_until="load")
+                return
+            except PlaywrightError as exc:
+                if "interrupted by another navigation" not in str(exc) or attempt == 2:
+                    raise
+
+    def _at_allowed_url(self) -> bool:
+        url = self._page.url
+        return url == "about:blank" or url.startswith("data:") or self.allowed(url)
+
+    async def _blank(self) -> None:
+        from playwright.async_api import Error as PlaywrightError
+
+        with contextlib.suppress(PlaywrightError):
+            await self._goto_settled("about:blank")
 
     async def _screenshot(self, name: Any) -> Observation:
         if not isinstance(name, str) or not _SHOT_NAME.match(name) or name.startswith("."):
@@ -302,7 +341,9 @@ class BrowserToolbox(ToolboxBase):
         assert self.workspace is not None
         data = await self._page.screenshot()
         try:
-            _write_new(self.workspace / name, data)
+            await anyio.to_thread.run_sync(write_inside, self.workspace, name, data)
+        except NotAFile as exc:
+            return Observation.error(f"browser_screenshot: cannot write {name}: {exc}")
         except OSError as exc:
             return Observation.error(f"browser_screenshot: cannot write {name}: {exc.strerror}")
         return Observation(f"saved screenshot {name} of {self._page.url} in the working directory",
@@ -315,10 +356,29 @@ class BrowserToolbox(ToolboxBase):
         return None
 
     async def _describe(self) -> Observation:
+        """The page's URL, title and text; a page a script took somewhere not
+        allowed (a refused navigation's error page) is blanked instead."""
+        from playwright.async_api import Error as PlaywrightError
+
         page = self._page
-        text = await page.inner_text("body") if await page.query_selector("body") else ""
-        return Observation(self._clip(f"URL: {page.url}\nTitle: {await page.title()}\n\n{text}"),
-                           info={"url": page.url})
+        for _ in range(3):
+            before = page.url
+            if not self._at_allowed_url():
+                await self._blank()
+                return Observation.error(f"the page went to {before}, which is not allowed "
+                                         f"(allowed: {self.allow.describe()}); it is now blank")
+            try:
+                text = await page.inner_text("body") if await page.query_selector("body") else ""
+                title = await page.title()
+            except PlaywrightError as exc:  # a script navigated while we read: read again
+                if "context was destroyed" not in str(exc):
+                    raise
+                await page.wait_for_load_state("load")
+                continue
+            if page.url == before:
+                return Observation(self._clip(f"URL: {before}\nTitle: {title}\n\n{text}"),
+                                   info={"url": before})
+        return Observation.error("the page kept navigating while it was read; try browser_text")
 
     def _clip(self, text: str) -> str:
         if len(text) <= self.max_chars:
@@ -337,23 +397,15 @@ class BrowserToolbox(ToolboxBase):
                     await shared.release()
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Write a file in the workspace without following a symlink planted there
-    (code run in the jail owns the workspace; this process may be root)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 class BrowserEnvironment(ToolboxEnvironment):
     """Environment ``browser``: `BrowserToolbox` with its options as config."""
 
     def __init__(self, allow_hosts: list[str] | None = None, max_pages: int = 30,
                  nav_timeout: float = 20.0, action_timeout: float = 5.0,
-                 max_chars: int = 8000) -> None:
-        box = BrowserToolbox(allow_hosts or LOOPBACK, max_pages=max_pages,
+                 max_chars: int = 8000, max_download: int = 20 * 1024 * 1024) -> None:
+        box = BrowserToolbox(allow_hosts or (), max_pages=max_pages,
                              nav_timeout=nav_timeout, action_timeout=action_timeout,
-                             max_chars=max_chars)
+                             max_chars=max_chars, max_download=max_download)
         super().__init__([box], deadline=nav_timeout + action_timeout + 10)
 
 

@@ -29,7 +29,7 @@ from engine.environment import Observation, ToolSpec
 from engine.errors import ConfigError
 from engine.tasks import TaskView
 from tools._toolbox import ToolboxBase, ToolboxEnvironment
-from tools.sandbox import INSIDE, Jail, Limits
+from tools.sandbox import INSIDE, Jail, Limits, check_packages
 
 
 def _spec(name: str, field_name: str, description: str, what: str) -> ToolSpec:
@@ -83,23 +83,27 @@ class LocalCode(ToolboxBase):
     """``run_python`` / ``run_shell`` in a bubblewrap jail over the workspace.
 
     ``python`` is the interpreter inside the jail (default: the system's
-    ``python3`` under /usr); ``ro_binds`` adds host paths read-only (for
-    example another Python installation and its packages).
+    ``python3`` under /usr, without its site-/dist-packages); ``packages``
+    are folders of Python packages the code may import (see `Jail`);
+    ``ro_binds`` adds host paths read-only (for example another Python
+    installation; its package folders stay covered).
     """
 
     specs = CODE_SPECS
 
     def __init__(self, limits: Limits | dict[str, Any] | None = None, *,
-                 python: str = "python3", ro_binds: tuple[str, ...] | list[str] = ()) -> None:
+                 python: str = "python3", ro_binds: tuple[str, ...] | list[str] = (),
+                 packages: tuple[str, ...] | list[str] = ()) -> None:
         self.limits = _limits(limits)
         self.python = python
         self.ro_binds = tuple(ro_binds)
+        self.packages = tuple(check_packages(packages))
         self.jail: Jail | None = None
 
     async def start(self, task: TaskView, workspace: Path) -> None:
         await self.aclose()
-        self.jail = Jail(workspace, self.limits, ro_binds=self.ro_binds)
-        self.jail.prepare()
+        self.jail = Jail(workspace, self.limits, ro_binds=self.ro_binds, packages=self.packages)
+        await anyio.to_thread.run_sync(self.jail.prepare)
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Observation:
         if self.jail is None:
@@ -202,8 +206,10 @@ class LocalCodeEnvironment(ToolboxEnvironment):
     """Environment ``code.local`` (also ``code``): `LocalCode` over a per-rollout workspace."""
 
     def __init__(self, limits: dict[str, Any] | None = None, python: str = "python3",
-                 ro_binds: list[str] | None = None, deadline: float | None = None) -> None:
-        box = LocalCode(limits, python=python, ro_binds=tuple(ro_binds or ()))
+                 ro_binds: list[str] | None = None, deadline: float | None = None,
+                 packages: list[str] | None = None) -> None:
+        box = LocalCode(limits, python=python, ro_binds=tuple(ro_binds or ()),
+                        packages=tuple(packages or ()))
         super().__init__([box], deadline=deadline or box.limits.wall_seconds + 30)
 
 

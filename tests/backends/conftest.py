@@ -1,5 +1,6 @@
-"""Fixtures for backend tests: real worker processes, the fake cluster, and a
-backend fixture parametrised over inprocess / subprocess / kubernetes."""
+"""Fixtures for backend tests: real worker processes, the fake cluster, a real Ray
+cluster, and a backend fixture parametrised over inprocess / subprocess /
+kubernetes / ray."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from backends.testenvs import PLUGIN
 from engine.backend import Backend
 from tests.backends.fake_k8s import REPO, FakeCluster
 
-BACKENDS = ("inprocess", "subprocess", "kubernetes")
+BACKENDS = ("inprocess", "subprocess", "kubernetes", "ray")
 
 
 async def eventually(condition: Callable[[], bool], deadline: float = 10.0,
@@ -130,6 +131,17 @@ async def make_backend(request: pytest.FixtureRequest, anyio_backend: str,
     from backends.subprocess import SubprocessBackend
 
     kind: str = request.param
+    if kind == "ray":
+        from backends.ray import RayBackend
+
+        ray_cluster = request.getfixturevalue("ray_cluster")
+
+        def make_ray(slots: int = 4, **options: Any) -> Backend:
+            opts = ray_options(ray_cluster, slots_per_actor=max(1, slots // 2))
+            opts.update(options)
+            return RayBackend(**opts)
+        yield make_ray
+        return
     if kind != "kubernetes":
         def make(slots: int = 4, **options: Any) -> Backend:
             if kind == "inprocess":
@@ -146,3 +158,36 @@ async def make_backend(request: pytest.FixtureRequest, anyio_backend: str,
             opts.update(options)
             return KubernetesBackend(**opts)
         yield make_k8s
+
+
+@pytest.fixture(scope="package")
+def ray_cluster() -> Iterator[Any]:
+    """One real Ray cluster (a head and two worker nodes) for the backend tests.
+
+    Skipped when Ray is not installed, unless DRILLYARD_REQUIRE_RAY=1 (CI),
+    where a missing Ray is a failure. Torn down after the package's tests, and
+    no process of it may be left."""
+    try:
+        import ray  # noqa: F401
+    except ModuleNotFoundError:
+        if os.environ.get("DRILLYARD_REQUIRE_RAY") == "1":
+            pytest.fail("ray is not installed but DRILLYARD_REQUIRE_RAY=1: "
+                        "pip install -e '.[ray]'")
+        pytest.skip("ray not installed: pip install -e '.[ray]'")
+    from tests.backends.ray_cluster import RayTestCluster
+
+    cluster = RayTestCluster(workers=2)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def ray_options(cluster: Any, **overrides: Any) -> dict[str, Any]:
+    """Options for RayBackend on the test cluster."""
+    options: dict[str, Any] = {
+        "address": cluster.address, "actors": 2, "slots_per_actor": 4, "plugins": [PLUGIN],
+        "health_interval": 0.5, "health_timeout": 5.0, "ready_timeout": 60.0,
+    }
+    options.update(overrides)
+    return options

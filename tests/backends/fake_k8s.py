@@ -1,8 +1,13 @@
-"""A fake Kubernetes cluster for tests: the pods API over real HTTP, and a kubelet.
+"""A fake Kubernetes cluster for tests: the pods API over real HTTPS, and a kubelet.
 
-The API server (aiohttp on loopback) speaks the Kubernetes REST API for pods:
-create, get, list with ``labelSelector``, ``watch=true`` streaming, delete one,
-delete a collection; it checks the bearer token of the kubeconfig it writes.
+The API server (aiohttp on loopback, TLS with a certificate from a CA of its
+own, which the kubeconfig it writes carries as ``certificate-authority-data``)
+speaks the Kubernetes REST API for pods: create, get, list with
+``labelSelector`` and ``fieldSelector``, ``watch=true`` streaming, delete one,
+delete a collection; it answers discovery (``/version``, ``/api``,
+``/api/v1``, ``/apis``) and, when asked, tables (kubectl's server-side
+printing; see `fake_k8s_api`), so the real ``kubectl`` works against it; it
+checks the bearer token of the kubeconfig it writes.
 The kubelet starts each admitted pod's container command as a real local
 process with the pod's environment (``fieldRef: status.podIP`` resolved), on a
 loopback address of its own (127.0.0.2, 127.0.0.3, ...), runs the pod's
@@ -32,7 +37,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.backends import fake_k8s_api as kapi
+
 REPO = Path(__file__).resolve().parents[2]
+NODE = "fake-node"
 
 
 def _now() -> str:
@@ -109,6 +117,7 @@ class FakeCluster:
         self._ips = (f"127.0.0.{i}" for i in itertools.cycle(range(2, 255)))
         self._dir = Path(".")
         self.closed = False
+        self.ca = kapi.ClusterCA()
 
     # ---- running it ------------------------------------------------------
 
@@ -118,6 +127,8 @@ class FakeCluster:
         app = web.Application(middlewares=[self._auth])
         base = "/api/v1/namespaces/{ns}/pods"
         app.add_routes([
+            web.get("/version", self.discovery), web.get("/api", self.discovery),
+            web.get("/api/v1", self.discovery), web.get("/apis", self.discovery),
             web.get(base, self.list_pods), web.post(base, self.create_pod),
             web.delete(base, self.delete_collection),
             web.get(base + "/{name}", self.get_pod), web.delete(base + "/{name}", self.delete),
@@ -125,9 +136,9 @@ class FakeCluster:
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ca.server_context())
         await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self.url = f"https://127.0.0.1:{runner.addresses[0][1]}"
         try:
             yield self
         finally:
@@ -139,10 +150,13 @@ class FakeCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
-    def kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+    def kubeconfig(self, path: Path, namespace: str = "default",
+                   ca: kapi.ClusterCA | None = None) -> Path:
+        """A kubeconfig for this cluster (``ca``: trust another CA instead of ours)."""
+        cluster = {"server": self.url, "certificate-authority-data": (ca or self.ca).data}
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
             "users": [{"name": "fake", "user": {"token": self.token}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
                                                       "namespace": namespace}}],
@@ -175,34 +189,57 @@ class FakeCluster:
         async with self._changed:
             self._changed.notify_all()
 
+    async def discovery(self, request: web.Request) -> web.Response:
+        docs = {"/version": kapi.VERSION, "/api": kapi.api_versions(self.url.split("//")[1]),
+                "/api/v1": kapi.CORE_RESOURCES, "/apis": kapi.API_GROUPS}
+        return web.json_response(docs[request.path])
+
+    def _wanted(self, request: web.Request, pod: dict[str, Any]) -> bool:
+        """Does ``pod`` match the request's namespace, label and field selectors?"""
+        return (pod["metadata"].get("namespace") == request.match_info["ns"]
+                and _matches(pod["metadata"].get("labels") or {},
+                             request.query.get("labelSelector", ""))
+                and kapi.fields_match(pod, request.query.get("fieldSelector", "")))
+
     def _select(self, request: web.Request) -> list[FakePod]:
-        ns, selector = request.match_info["ns"], request.query.get("labelSelector", "")
-        return [p for p in self.pods.values()
-                if p.namespace == ns and _matches(p.labels, selector)]
+        return [p for p in self.pods.values() if self._wanted(request, p.obj)]
+
+    def _render(self, request: web.Request, pods: list[dict[str, Any]],
+                kind: str = "PodList") -> dict[str, Any]:
+        rv = str(self._last_rv)
+        if kapi.wants_table(request.headers.get("Accept", "")):
+            return kapi.table(pods, rv)
+        if kind == "Pod":
+            return pods[0]
+        return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
+                "items": pods}
 
     async def list_pods(self, request: web.Request) -> web.StreamResponse:
+        problem = kapi.field_error(request.query.get("fieldSelector", ""))
+        if problem:
+            return _status(400, "BadRequest", problem)
         if request.query.get("watch", "").lower() in ("true", "1"):
             return await self._watch(request)
-        return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": str(self._last_rv)},
-                                  "items": [p.obj for p in self._select(request)]})
+        return web.json_response(self._render(request, [p.obj for p in self._select(request)]))
 
     async def _watch(self, request: web.Request) -> web.StreamResponse:
-        ns, selector = request.match_info["ns"], request.query.get("labelSelector", "")
         deadline = time.monotonic() + float(request.query.get("timeoutSeconds", "1800"))
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
+
+        def event(kind: str, obj: dict[str, Any]) -> bytes:
+            return _event(kind, self._render(request, [obj], "Pod"))
+
         try:
             since = request.query.get("resourceVersion", "")
             sent = int(since) if since.isdigit() and since != "0" else self._last_rv
             if not since or since == "0":  # like the API: current objects first, as ADDED
                 for pod in self._select(request):
-                    await resp.write(_event("ADDED", pod.obj))
+                    await resp.write(event("ADDED", pod.obj))
             while time.monotonic() < deadline:
-                for rv, ens, kind, obj in self.events:
-                    if rv > sent and ens == ns and _matches(obj["metadata"].get("labels") or {},
-                                                             selector):
-                        await resp.write(_event(kind, obj))
+                for rv, _, kind, obj in self.events:
+                    if rv > sent and self._wanted(request, obj):
+                        await resp.write(event(kind, obj))
                 sent = max(sent, self._last_rv)
                 async with self._changed:
                     if self._last_rv == sent:
@@ -232,6 +269,7 @@ class FakeCluster:
             return _status(409, "AlreadyExists", f'pods "{name}" already exists')
         body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()),
                                 creationTimestamp=_now())
+        body.setdefault("spec", {})["nodeName"] = NODE  # scheduled at once, on the one node
         body["status"] = {"phase": "Pending", "conditions": [
             {"type": "PodScheduled", "status": "True"}]}
         pod = FakePod(ns, name, body)
@@ -244,7 +282,7 @@ class FakeCluster:
         pod = self.pods.get((request.match_info["ns"], request.match_info["name"]))
         if pod is None:
             return _status(404, "NotFound", f'pods "{request.match_info["name"]}" not found')
-        return web.json_response(pod.obj)
+        return web.json_response(self._render(request, [pod.obj], "Pod"))
 
     async def delete(self, request: web.Request) -> web.Response:
         pod = self.pods.get((request.match_info["ns"], request.match_info["name"]))

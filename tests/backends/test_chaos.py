@@ -1,5 +1,5 @@
-"""Chaos: workers killed (kill -9) or pods deleted every few hundred ms while
-hundreds of rollouts run. Nothing may be lost, nothing duplicated."""
+"""Chaos: workers killed (kill -9), pods deleted, Ray actors and nodes killed every
+few hundred ms while hundreds of rollouts run. Nothing may be lost, nothing duplicated."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import os
 import random
 import re
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -147,3 +149,46 @@ async def test_chaos_on_the_fake_cluster(make_engine: EngineFactory, tmp_path: P
         assert len(killed) >= 5 and errors >= len(killed) // 2
         assert cluster.pods == {}
         assert cluster.live_pids() == []
+
+
+async def test_chaos_on_a_ray_cluster(make_engine: EngineFactory, ray_cluster: Any) -> None:
+    """Actors killed (kill -9 of the actor's process) every 0.4-0.7 s while the pool is
+    whole, then a whole worker node (every process of it); a new node joins."""
+    from backends.ray import RayBackend
+    from backends.ray_actor import ActorWorker
+    from tests.backends.conftest import ray_options
+
+    backend = RayBackend(**ray_options(ray_cluster, actors=4, slots_per_actor=3,
+                                       health_timeout=15.0))
+    killed: list[str] = []
+    nodes_killed: list[str] = []
+    joining: list[threading.Thread] = []
+
+    async def kill_one() -> str | None:
+        live = [w for w in backend.workers.values() if isinstance(w, ActorWorker)]
+        if len(killed) >= 3 and not nodes_killed and live:  # then once: a node, and all on it
+            node = next(n for n in ray_cluster.nodes if n.node_id == live[0].node_id)
+            await anyio.to_thread.run_sync(ray_cluster.kill_node, node)
+            nodes_killed.append(node.node_id)
+            joining.append(threading.Thread(target=ray_cluster.add_node))  # a new one joins
+            joining[0].start()
+            return f"@node-{node.node_id[:8]}:"
+        if len(live) < backend.n_actors:  # one replacement at a time: each is a new process
+            return None
+        victim = random.choice(live)
+        try:
+            os.kill(victim.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        return f"/actor-{victim.actor_id[:8]}/"
+
+    try:
+        async with make_engine(backend=backend, max_rollouts=12, max_attempts=25) as engine:
+            run_id = await run_under_chaos(engine, kill_one, killed, every=(0.4, 0.7),
+                                           tool_delay=0.3)
+            errors = await check_nothing_lost(engine, run_id, killed, backend)
+        assert len(killed) >= 4 and nodes_killed and errors >= len(killed) // 2
+    finally:
+        for thread in joining:
+            await anyio.to_thread.run_sync(thread.join)
+        await anyio.to_thread.run_sync(ray_cluster.ensure_workers)

@@ -1,7 +1,8 @@
-"""The Kubernetes backend against the fake cluster (real client, real HTTP, real workers)."""
+"""The Kubernetes backend against the fake cluster (real client, real HTTPS, real workers)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from engine.envs.arithmetic import arithmetic_tasks
 from engine.errors import ConfigError, InfraError
 from tests.backends.conftest import eventually, free_port, k8s_options
 from tests.backends.fake_k8s import FakeCluster
+from tests.backends.fake_k8s_api import ClusterCA
 from tests.support.scripted import calculator_then_answer
 
 pytestmark = pytest.mark.anyio
@@ -151,6 +153,24 @@ async def test_an_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     backend = KubernetesBackend(kubeconfig=str(kubeconfig), port=free_port(), api_timeout=5)
     with anyio.fail_after(20), pytest.raises(ConfigError, match="unreachable while listing"):
         await backend.start()
+
+
+async def test_the_api_is_https_and_an_untrusted_certificate_is_a_clear_error(
+        tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    async with cluster.running(tmp_path):
+        assert cluster.url.startswith("https://127.0.0.1:")
+        trusted = json.loads(cluster.kubeconfig(tmp_path / "kubeconfig").read_text())
+        (entry,) = trusted["clusters"]
+        assert entry["cluster"]["certificate-authority-data"] == cluster.ca.data
+        assert "insecure-skip-tls-verify" not in entry["cluster"]
+        stranger = cluster.kubeconfig(tmp_path / "other-ca", ca=ClusterCA())
+        with pytest.raises(ConfigError) as info:
+            await KubernetesBackend(kubeconfig=str(stranger), api_timeout=10).start()
+        assert "TLS certificate is not trusted while listing pods" in str(info.value)
+        assert "certificate verify failed" in str(info.value)
+        assert "certificate-authority-data" in str(info.value)
+        assert cluster.pods == {}
 
 
 async def test_wrong_credentials_and_missing_kubeconfig(tmp_path: Path) -> None:

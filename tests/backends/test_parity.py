@@ -1,8 +1,9 @@
 """The same engine-level scenarios on every backend: only the backend name changes.
 
-Each test takes ``make_backend``, parametrised over inprocess, subprocess and
-kubernetes (the fake cluster), and must see the same states, rewards,
-observations and attempt records on all three.
+Each test takes ``make_backend``, parametrised over inprocess, subprocess,
+kubernetes (the fake cluster) and ray (a real Ray cluster of a head and two
+worker nodes), and must see the same states, rewards, observations and
+attempt records on all four.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ async def test_happy_path(make_backend: BackendFactory, make_engine: EngineFacto
         rollouts = await run.rollouts()
         assert {r.state for r in rollouts} == {"done"} and len(rollouts) == 6
         assert all(r.reward == 1.0 and r.attempt == 1 for r in rollouts)
-        prefix = {"inprocess": "inprocess", "subprocess": "subprocess-", "kubernetes": "pod/"}
+        prefix = {"inprocess": "inprocess", "subprocess": "subprocess-", "kubernetes": "pod/",
+                  "ray": "ray-"}
         assert all((r.worker or "").startswith(prefix[backend.name]) for r in rollouts)
         assert await states_of(engine, rollouts[0].id) == [
             "starting", "generating", "acting", "generating", "scoring", "done"]

@@ -15,7 +15,9 @@ import pytest
 
 from engine import ConfigError, Observation, TaskView
 from gaia import BUNDLED
+from tests.gaia.slow_readers import slow_reader
 from tools import files as files_mod
+from tools import parsing
 from tools import search as search_mod
 from tools._toolbox import Workspace
 from tools.calculator import calculator, evaluate
@@ -106,8 +108,9 @@ def no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(files_mod, "_CACHE", OrderedDict())
 
 
-def test_image_without_ocr_says_so(monkeypatch: pytest.MonkeyPatch, no_cache: None) -> None:
-    monkeypatch.setattr("tools.files.shutil.which", lambda name: None)
+def test_image_without_ocr_says_so(monkeypatch: pytest.MonkeyPatch, no_cache: None,
+                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tesseract on the reader's PATH
     text = extract_text(SPLIT / "museum_sign.png")
     assert "760x250" in text and "OCR unavailable: install the tesseract-ocr" in text
 
@@ -132,7 +135,7 @@ async def started(root: Path, deadline: float = 60.0) -> FileTools:
 async def test_read_file_pages_long_text() -> None:
     ws = Workspace(view("bakery_sales_2023.xlsx"))
     tools = await started(ws.path)
-    assert tools.list_files() == "bakery_sales_2023.xlsx"
+    assert await tools.list_files() == "bakery_sales_2023.xlsx"
     first = await tools.read_file("bakery_sales_2023.xlsx", max_chars=300)
     assert "characters 0-300 of" in first.content and "read on with start=300" in first.content
     second = await tools.read_file("bakery_sales_2023.xlsx", start=300, max_chars=300)
@@ -152,7 +155,7 @@ async def test_read_file_stays_inside_the_work_dir(tmp_path: Path) -> None:
         assert obs.is_error and "42" not in obs.content, path
     with pytest.raises(OutsideWorkspace):
         resolve_inside(ws.path, "../../etc/passwd")
-    assert tools.list_files() == "count_readings.py"  # the symlink is not listed
+    assert await tools.list_files() == "count_readings.py"  # the symlink is not listed
     ws.remove()
 
 
@@ -173,33 +176,36 @@ async def test_read_file_errors(workspace: Path, monkeypatch: pytest.MonkeyPatch
 async def test_a_slow_reader_is_cut_at_the_deadline(workspace: Path, no_cache: None,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (workspace / "slow.txt").write_text("x")
-    def slow(path: Path) -> str:
-        time.sleep(1.0)
-        return "late"
-
-    monkeypatch.setitem(files_mod.READERS, ".txt", slow)
-    tools = await started(workspace, deadline=0.1)
+    monkeypatch.setitem(files_mod.READERS, ".txt", slow_reader)
+    tools = await started(workspace, deadline=0.5)
     t0 = time.monotonic()
     obs = await tools.read_file("slow.txt")
-    assert obs.is_error and "did not finish within 0.1s" in obs.content
-    assert time.monotonic() - t0 < 0.9
+    assert obs.is_error and "did not finish within 0.5s" in obs.content
+    assert time.monotonic() - t0 < 20  # the reader would sleep for 60
+
+
+async def test_a_reader_must_be_importable_by_the_parser_process(
+        workspace: Path, no_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    (workspace / "a.txt").write_text("x")
+    monkeypatch.setitem(files_mod.READERS, ".txt", lambda path: "never run")
+    obs = await (await started(workspace)).read_file("a.txt")
+    assert obs.is_error and "make it a module-level function" in obs.content
 
 
 def test_texts_are_parsed_once_per_content(tmp_path: Path, no_cache: None,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-
-    def counting(path: Path) -> str:
-        calls.append(path.name)
-        return path.read_text()
-
-    monkeypatch.setitem(files_mod.READERS, ".txt", counting)
     monkeypatch.setattr(files_mod, "CACHE_ENTRIES", 2)
+    started_before = parsing.children_started
+    parsed = []
     for name, text in [("a.txt", "same"), ("b.txt", "same"), ("c.txt", "other"),
                        ("d.txt", "third"), ("e.txt", "same")]:
         (tmp_path / name).write_text(text)
+        before = parsing.children_started
         assert extract_text(tmp_path / name) == text
-    assert calls == ["a.txt", "c.txt", "d.txt", "e.txt"]  # b: a copy; e: evicted by then
+        if parsing.children_started > before:
+            parsed.append(name)
+    assert parsed == ["a.txt", "c.txt", "d.txt", "e.txt"]  # b: a copy; e: evicted by then
+    assert parsing.children_started - started_before == 4
 
 
 def zip_of_zeros(path: Path, member: str, mib: int) -> Path:

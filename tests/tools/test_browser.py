@@ -103,7 +103,7 @@ def chromium_pids() -> set[int]:
 
 
 async def test_navigate_read_find_click_and_screenshot(site: Site) -> None:
-    env = BrowserEnvironment(allow_hosts=["127.0.0.1"], action_timeout=1.5)
+    env = BrowserEnvironment(allow_hosts=[f"127.0.0.1:{site.port}"], action_timeout=1.5)
     try:
         await env.reset(TaskView("t", "browse"))
         page = await env.step(call("browser_goto", url=site.url))
@@ -133,14 +133,15 @@ async def test_navigate_read_find_click_and_screenshot(site: Site) -> None:
 
 
 async def test_hosts_outside_the_allowlist_are_refused(site: Site) -> None:
-    env = BrowserEnvironment(allow_hosts=["127.0.0.1"])
+    env = BrowserEnvironment(allow_hosts=[f"127.0.0.1:{site.port}"])
     try:
         await env.reset(TaskView("t", "browse"))
         await env.step(call("browser_goto", url=site.url))
         # the page's <img> on host "localhost" (same server) was blocked: never reached it
         assert "/pixel.png" not in site.hits
         for url in (f"http://localhost:{site.port}/second", "file:///etc/passwd",
-                    "http://example.com/", "javascript:alert(1)"):
+                    "http://example.com/", "javascript:alert(1)", "http://127.0.0.1/",
+                    f"http://127.0.0.1:{site.port + 1}/", f"ws://127.0.0.1:{site.port}/"):
             refused = await env.step(call("browser_goto", url=url))
             assert refused.is_error and "not allowed" in refused.content, url
         click = await env.step(call("browser_click", text="Same server, other name"))
@@ -149,7 +150,7 @@ async def test_hosts_outside_the_allowlist_are_refused(site: Site) -> None:
     finally:
         await env.close()
     # control: with "localhost" allowed, the same page does load the image
-    env = BrowserEnvironment(allow_hosts=["127.0.0.1", f"localhost:{site.port}"])
+    env = BrowserEnvironment(allow_hosts=[f"127.0.0.1:{site.port}", f"localhost:{site.port}"])
     try:
         await env.reset(TaskView("t", "browse"))
         await env.step(call("browser_goto", url=site.url))
@@ -159,7 +160,7 @@ async def test_hosts_outside_the_allowlist_are_refused(site: Site) -> None:
 
 
 async def test_page_limit(site: Site) -> None:
-    env = BrowserEnvironment(max_pages=2)
+    env = BrowserEnvironment(allow_hosts=[f"127.0.0.1:{site.port}"], max_pages=2)
     try:
         await env.reset(TaskView("t", "browse"))
         assert not (await env.step(call("browser_goto", url=site.url))).is_error
@@ -172,7 +173,7 @@ async def test_page_limit(site: Site) -> None:
 
 async def test_one_chromium_shared_by_rollout_contexts(site: Site, tmp_path: Path) -> None:
     assert chromium_pids() == set()
-    boxes = [BrowserToolbox(), BrowserToolbox()]
+    boxes = [BrowserToolbox([f"127.0.0.1:{site.port}"]) for _ in range(2)]
     async with shared_browser() as browser:
         async with anyio.create_task_group() as tg:
             for box in boxes:
@@ -202,6 +203,8 @@ async def test_engine_rollout_through_registered_browser_environment(
 
     async with make_engine() as engine:
         run = await engine.run([Task("t", "What is the secret number?", "7341")],
-                               Agent(ScriptedPolicy(handler)), environment=EnvSpec("browser"),
+                               Agent(ScriptedPolicy(handler)),
+                               environment=EnvSpec("browser",
+                                                   {"allow_hosts": [f"127.0.0.1:{site.port}"]}),
                                samples=2)
         assert [r.reward for r in await run.rollouts()] == [1.0, 1.0]

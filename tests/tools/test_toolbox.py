@@ -66,7 +66,8 @@ async def test_browser_screenshot_is_readable_by_the_code_jail() -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-    env = ToolboxEnvironment([BrowserToolbox(), LocalCode(), FunctionToolbox([double])])
+    env = ToolboxEnvironment([BrowserToolbox([f"127.0.0.1:{runner.addresses[0][1]}"]), LocalCode(),
+                              FunctionToolbox([double])])
     try:
         await env.reset(TaskView("t", "p"))
         assert {"browser_goto", "run_python", "double"} <= {t["function"]["name"]
