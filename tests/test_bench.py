@@ -244,3 +244,36 @@ def test_the_engine_loop_is_uvloop_where_installed_and_asyncio_on_request() -> N
     assert eventloop.run(which(), "auto") == expected
     with pytest.raises(ConfigError, match="use one of auto, asyncio, uvloop"):
         eventloop.resolve("trio")
+
+
+def test_the_entry_points_collect_less_often_and_restore_the_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+    import weakref
+
+    from engine import eventloop
+    from engine.errors import ConfigError
+
+    before = gc.get_threshold()
+
+    class Node:
+        other: Node
+
+    async def inside() -> tuple[tuple[int, int, int], bool]:
+        seen = gc.get_threshold()
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the collector frees it
+        ref = weakref.ref(a)
+        del a, b
+        gc.collect()
+        return seen, ref() is None
+
+    seen, freed = eventloop.run(inside(), "asyncio")
+    assert seen == (eventloop.GC_THRESHOLD, *before[1:]) and freed
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    monkeypatch.setenv(eventloop.GC_ENV, "0")  # CPython's defaults left as they are
+    assert eventloop.run(inside(), "asyncio") == (before, True)
+    monkeypatch.setenv(eventloop.GC_ENV, "lots")
+    with pytest.raises(ConfigError, match=r"DRILLYARD_GC_THRESHOLD.*whole number"):
+        eventloop.run(inside(), "asyncio")
