@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= test,vllm,gaia,browser,mcp,k8s,swift,scaler,bfcl,agents,ray
+EXTRAS  ?= test,vllm,gaia,browser,mcp,k8s,swift,scaler,bfcl,agents,ray,fast
 
 .PHONY: bench test setup setup-test lint typecheck pytest clean
 
@@ -23,7 +23,7 @@ bench: setup                    ## the main job on embedded defaults
 lint: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check engine
-	$(BIN)/mypy engine
+	$(BIN)/mypy engine backends tools gaia scaler bfcl
 
 pytest: setup-test
 	DRILLYARD_REQUIRE_VLLM=1 DRILLYARD_REQUIRE_SWIFT=1 DRILLYARD_REQUIRE_BROWSER=1 DRILLYARD_REQUIRE_BFCL=1 \

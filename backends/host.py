@@ -141,7 +141,8 @@ class EnvHost:
         env = cast(Responsive, hosted.env)
         self.calls += 1
         try:
-            obs = await asyncio.wait_for(env.respond(reply), self.call_timeout)
+            async with asyncio.timeout(self.call_timeout):
+                obs = await env.respond(reply)
         except TimeoutError as exc:
             raise HostError(TIMEOUT, f"respond did not finish within {self.call_timeout}s") from exc
         except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
@@ -198,7 +199,8 @@ class EnvHost:
     async def _bounded(self, awaitable: Awaitable[Observation]) -> Observation:
         self.calls += 1
         try:
-            obs = await asyncio.wait_for(awaitable, self.call_timeout)
+            async with asyncio.timeout(self.call_timeout):  # a timer, not a task, per call
+                obs = await awaitable
         finally:  # done, failed, or cancelled (the engine gave up on it)
             self.calls -= 1
         if not isinstance(obs, Observation):

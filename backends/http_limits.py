@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -42,8 +42,9 @@ class _Connection(asyncio.Protocol):
         self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is not an asyncio.Transport subclass, only alike)
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         if len(self.limits.live) >= self.limits.max_connections:
             self._refuse(transport)
             return

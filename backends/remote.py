@@ -10,12 +10,14 @@ cancelled, so a call stuck on a dead worker ends at once with
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import aiohttp
 import anyio
 
+from backends.channel import Channel, ChannelClosed
 from engine.environment import EnvSpec, Observation, ToolCall, ToolSpec
 from engine.errors import ConfigError, EnvironmentLost, InfraError, NotRetryable
 from engine.tasks import TaskView
@@ -50,7 +52,11 @@ class WorkerHandle:
         self._session = session
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self._connect_timeout = connect_timeout
         self._scopes: set[anyio.CancelScope] = set()
+        self._channel: Channel | None = None
+        self._channel_lock = asyncio.Lock()
+        self.channel_supported = True  # False: the worker serves HTTP only
 
     def __repr__(self) -> str:
         return f"WorkerHandle({self.name!r}, alive={self.alive}, used={self.used}/{self.slots})"
@@ -59,6 +65,11 @@ class WorkerHandle:
     def free(self) -> int:
         return self.slots - self.used if self.alive and self.accepting else 0
 
+    @property
+    def in_flight(self) -> int:
+        """Calls on this worker waiting for an answer (either lane)."""
+        return len(self._scopes) + (self._channel.in_flight if self._channel is not None else 0)
+
     def mark_dead(self, reason: str) -> None:
         """Declare the worker dead: every call on it ends with `EnvironmentLost`."""
         if not self.alive:
@@ -66,6 +77,8 @@ class WorkerHandle:
         self.alive, self.lost_reason = False, reason
         for scope in list(self._scopes):
             scope.cancel()
+        if self._channel is not None:
+            self._channel.abort(f"worker {self.name} lost: {reason}")
 
     def _lost(self, why: str) -> EnvironmentLost:
         return EnvironmentLost(f"worker {self.name} lost: {why}")
@@ -102,6 +115,61 @@ class WorkerHandle:
                 self._scopes.discard(scope)
         raise self._lost(self.lost_reason or "declared dead")
 
+    async def send(self, op: str, env_id: str | None, body: dict[str, Any],
+                   deadline: float | None = None) -> Any:
+        """One environment call (``create``, ``reset``, ``step``, ``delete``) over the
+        worker's channel, or over HTTP where it has none; faults as `call` raises them."""
+        if not self.alive:
+            raise self._lost(self.lost_reason or "declared dead")
+        channel = self._channel
+        if channel is None or channel.closed:
+            channel = await self._open_channel()
+        if channel is None:
+            method, path = _ROUTES[op]
+            return await self.call(method, path.format(env_id), body or None, deadline)
+        try:
+            if deadline is None:
+                status, data = await channel.call(op, env_id, body)
+            else:
+                async with asyncio.timeout(deadline):
+                    status, data = await channel.call(op, env_id, body)
+        except ChannelClosed as exc:
+            raise self._lost(str(exc)) from exc
+        except TimeoutError as exc:
+            if deadline is None:
+                raise
+            raise self._lost(f"no answer to {op} within {deadline}s") from exc
+        return self._check(status, data, _ROUTES[op][1].format(env_id))
+
+    async def _open_channel(self) -> Channel | None:
+        """The worker's channel, opened on first use (and again after it closed)."""
+        if not self.channel_supported:
+            return None
+        async with self._channel_lock:
+            if self._channel is not None and not self._channel.closed:
+                return self._channel
+            if not self.alive:
+                raise self._lost(self.lost_reason or "declared dead")
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    self._channel = await Channel.connect(self._session, self.url + "/channel",
+                                                          self._headers, CLOSE_DEADLINE)
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401:
+                    raise NotRetryable(f"worker {self.name} refused the engine's token") from exc
+                if exc.status in (404, 405):  # a worker without the channel: HTTP it is
+                    self.channel_supported = False
+                    return None
+                raise self._lost(f"channel refused: HTTP {exc.status}") from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise WorkerUnreachable(self.name, f"{type(exc).__name__}: {exc}") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._lost(f"channel: {type(exc).__name__}: {exc}") from exc
+            if not self.alive:  # declared dead while connecting
+                self._channel.abort(f"worker {self.name} lost: {self.lost_reason}")
+                raise self._lost(self.lost_reason or "declared dead")
+            return self._channel
+
     def _check(self, status: int, data: Any, path: str) -> Any:
         if status == 200:
             return data
@@ -123,9 +191,19 @@ class WorkerHandle:
         return data
 
     async def create(self, spec: EnvSpec) -> RemoteEnvironment:
-        data = await self.call("POST", "/envs", {"spec": spec.to_dict()})
+        data = await self.send("create", None, {"spec": spec.to_dict()})
         cls = RespondingRemoteEnvironment if data.get("respond") else RemoteEnvironment
         return cls(self, str(data["env_id"]), list(data["tools"]))
+
+
+_ROUTES = {
+    "create": ("POST", "/envs"),
+    "reset": ("POST", "/envs/{}/reset"),
+    "step": ("POST", "/envs/{}/step"),
+    "respond": ("POST", "/envs/{}/respond"),
+    "delete": ("DELETE", "/envs/{}"),
+}
+"""Each environment call's HTTP route, for workers without a channel."""
 
 
 class RemoteEnvironment:
@@ -146,8 +224,7 @@ class RemoteEnvironment:
 
     async def reset(self, task: TaskView) -> Observation:
         try:
-            data = await self.worker.call("POST", f"/envs/{self.env_id}/reset",
-                                          {"task_view": task.to_dict()})
+            data = await self.worker.send("reset", self.env_id, {"task_view": task.to_dict()})
         except InfraError as exc:
             if type(exc) is InfraError:  # the environment's own fault, not the worker's
                 raise RuntimeError(str(exc)) from exc
@@ -157,8 +234,7 @@ class RemoteEnvironment:
         return Observation.from_dict(data)
 
     async def step(self, call: ToolCall) -> Observation:
-        data = await self.worker.call("POST", f"/envs/{self.env_id}/step",
-                                      {"tool_call": call.to_dict()})
+        data = await self.worker.send("step", self.env_id, {"tool_call": call.to_dict()})
         return Observation.from_dict(data)
 
     async def close(self) -> None:
@@ -166,7 +242,7 @@ class RemoteEnvironment:
             return
         self.closed = True
         if self.worker.alive:
-            await self.worker.call("DELETE", f"/envs/{self.env_id}", deadline=CLOSE_DEADLINE)
+            await self.worker.send("delete", self.env_id, {}, deadline=CLOSE_DEADLINE)
 
 
 class RespondingRemoteEnvironment(RemoteEnvironment):
@@ -174,8 +250,7 @@ class RespondingRemoteEnvironment(RemoteEnvironment):
 
     async def respond(self, reply: str | None) -> Observation | None:
         try:
-            data = await self.worker.call("POST", f"/envs/{self.env_id}/respond",
-                                          {"reply": reply})
+            data = await self.worker.send("respond", self.env_id, {"reply": reply})
         except InfraError as exc:
             if type(exc) is InfraError:  # the environment's own fault, as on reset
                 raise RuntimeError(str(exc)) from exc

@@ -11,6 +11,7 @@ Protocol (JSON over HTTP, every request with ``Authorization: Bearer <token>``):
     POST   /envs/{id}/respond {reply}     → {observation | null, tools} (the user's turn;
                                             only where the ``POST /envs`` answer said respond)
     DELETE /envs/{id}              close it and free its slot
+    GET    /channel                the same calls as frames on one WebSocket (backends.channel)
 
 A request without the engine's per-run token gets 401 and runs nothing. When
 every slot is taken ``POST /envs`` answers 503 with ``Retry-After``. A client
@@ -45,10 +46,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
+from backends.channel import serve_channel
 from backends.host import BUSY, CONFIG, FAILED, LOST, TIMEOUT, UNKNOWN, EnvHost, HostError
 from backends.http_limits import HttpLimits
+from engine import eventloop
 from engine.environment import EnvSpec, ToolCall
 from engine.errors import ConfigError
 from engine.tasks import TaskView
@@ -76,6 +80,7 @@ class WorkerServer:
             web.post("/envs/{env_id}/step", self.step),
             web.post("/envs/{env_id}/respond", self.respond),
             web.delete("/envs/{env_id}", self.delete),
+            web.get("/channel", self.channel),
         ])
 
     # ---- middleware ------------------------------------------------------
@@ -94,89 +99,111 @@ class WorkerServer:
         return web.json_response(self.host.health())
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        return _reply(*await self.op_create(await _json(request)))
+
+    async def reset(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_reset(request.match_info["env_id"], await _json(request)))
+
+    async def step(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_step(request.match_info["env_id"], await _json(request)))
+
+    async def respond(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_respond(request.match_info["env_id"], await _json(request)))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        return _reply(*await self.op_delete(request.match_info["env_id"]))
+
+    async def channel(self, request: web.Request) -> web.StreamResponse:
+        """The same calls as frames over one WebSocket (`backends.channel`)."""
+        return await serve_channel(request, self.dispatch)
+
+    # ---- the calls, whichever lane they came by: (status, body) ------------
+
+    async def dispatch(self, op: str, env_id: str | None, body: dict[str, Any]) -> tuple[int, Any]:
+        if op == "step" and env_id is not None:
+            return await self.op_step(env_id, body)
+        if op == "reset" and env_id is not None:
+            return await self.op_reset(env_id, body)
+        if op == "create":
+            return await self.op_create(body)
+        if op == "respond" and env_id is not None:
+            return await self.op_respond(env_id, body)
+        if op == "delete" and env_id is not None:
+            return await self.op_delete(env_id)
+        return 400, {"error": f"unknown call {op!r} (create; reset, step, respond, delete "
+                              "with an env)"}
+
+    async def op_create(self, body: dict[str, Any]) -> tuple[int, Any]:
         spec_data = body.get("spec")
         if not isinstance(spec_data, dict) or not isinstance(spec_data.get("name"), str):
-            return _error(400, 'body must be {"spec": {"name": str, "config": {...}}}')
+            return 400, {"error": 'body must be {"spec": {"name": str, "config": {...}}}'}
         spec = EnvSpec(spec_data["name"], dict(spec_data.get("config") or {}))
         try:
             env_id, tools = await self.host.create(spec)
         except HostError as exc:
             return _refused(exc)
-        return web.json_response(
-            {"env_id": env_id, "tools": tools, "respond": self.host.responds(env_id)}
-        )
+        return 200, {"env_id": env_id, "tools": tools, "respond": self.host.responds(env_id)}
 
-    async def reset(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+    async def op_reset(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
         try:
             view = TaskView.from_dict(body["task_view"])
         except (KeyError, TypeError, ValueError) as exc:
-            return _error(400, f'body must be {{"task_view": {{...}}}}: {exc!r}')
+            return 400, {"error": f'body must be {{"task_view": {{...}}}}: {exc!r}'}
         try:
-            env_id = request.match_info["env_id"]
             obs = await self.host.reset(env_id, view)
             # a reset may change the tools (BFCL's depend on the task, MCP servers list theirs)
-            return web.json_response({**obs.to_dict(), "tools": self.host.tools(env_id)})
+            return 200, {**obs.to_dict(), "tools": self.host.tools(env_id)}
         except HostError as exc:
             return _refused(exc)
 
-    async def step(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+    async def op_step(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
         try:
             call = ToolCall.from_dict(body["tool_call"])
         except (KeyError, TypeError, AttributeError) as exc:
-            return _error(400, f'body must be {{"tool_call": {{...}}}}: {exc!r}')
+            return 400, {"error": f'body must be {{"tool_call": {{...}}}}: {exc!r}'}
         try:
-            obs = await self.host.step(request.match_info["env_id"], call)
+            obs = await self.host.step(env_id, call)
         except HostError as exc:
             return _refused(exc)
-        return web.json_response(obs.to_dict())
+        return 200, obs.to_dict()
 
-    async def respond(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+    async def op_respond(self, env_id: str, body: dict[str, Any]) -> tuple[int, Any]:
         reply = body.get("reply")
         if reply is not None and not isinstance(reply, str):
-            return _error(400, 'body must be {"reply": str | null}')
-        env_id = request.match_info["env_id"]
+            return 400, {"error": 'body must be {"reply": str | null}'}
         try:
             obs = await self.host.respond(env_id, reply)
             tools = self.host.tools(env_id)
         except HostError as exc:
             return _refused(exc)
-        return web.json_response({"observation": None if obs is None else obs.to_dict(),
-                                  "tools": tools})  # fmt: skip
+        return 200, {"observation": None if obs is None else obs.to_dict(), "tools": tools}
 
-    async def delete(self, request: web.Request) -> web.Response:
-        env_id = request.match_info["env_id"]
+    async def op_delete(self, env_id: str) -> tuple[int, Any]:
         try:
             await self.host.close(env_id)
         except HostError as exc:
             return _refused(exc)
-        return web.json_response({"closed": env_id})
+        return 200, {"closed": env_id}
 
 
 # what the client (backends.remote) reads back: 410 lost -> retried, 503 busy -> elsewhere
 STATUS = {BUSY: 503, CONFIG: 400, UNKNOWN: 404, FAILED: 500, LOST: 410, TIMEOUT: 504}
 
 
-def _refused(exc: HostError) -> web.Response:
-    if exc.kind == BUSY:
-        return _busy(exc.message)
-    return _error(STATUS.get(exc.kind, 500), exc.message)
+def _refused(exc: HostError) -> tuple[int, Any]:
+    return STATUS.get(exc.kind, 500), {"error": exc.message}
 
 
-def _busy(why: str) -> web.Response:
-    return web.json_response({"error": why}, status=503, headers={"Retry-After": "1"})
-
-
-def _error(status: int, text: str) -> web.Response:
-    return web.json_response({"error": text}, status=status)
+def _reply(status: int, body: Any) -> web.Response:
+    """A call's answer over HTTP (``Retry-After`` on a busy worker)."""
+    headers = {"Retry-After": "1"} if status == STATUS[BUSY] else None
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                        content_type="application/json")
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
+        body = orjson.loads(await request.read())
     except ValueError as exc:
         raise web.HTTPBadRequest(text=json.dumps({"error": f"body is not JSON: {exc}"}),
                                  content_type="application/json") from exc
@@ -269,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     token = read_token(args)
     if not token:
         sys.exit(f"worker: no token (pass --token-file or set {TOKEN_ENV})")
-    asyncio.run(serve(args, token))
+    eventloop.run(serve(args, token))
 
 
 if __name__ == "__main__":

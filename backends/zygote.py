@@ -16,7 +16,6 @@ the engine (``--parent-pid``) dies.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import copy
 import importlib
@@ -28,6 +27,7 @@ import sys
 import time
 
 from backends.worker import parse_args, read_token, serve
+from engine import eventloop
 
 
 def _say(event: dict[str, object]) -> None:
@@ -47,7 +47,7 @@ def _child(args: argparse.Namespace, token: str, tag: str, fds: list[int]) -> No
     child_args.tag, child_args.parent_pid, child_args.plugin = tag, os.getppid(), []
     code = 0
     try:
-        asyncio.run(serve(child_args, token))
+        eventloop.run(serve(child_args, token))
     except BaseException as exc:
         print(f"worker {tag} failed: {exc!r}", file=sys.stderr, flush=True)
         code = 1
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("zygote: no token (pass --token-file)")
     for module in args.plugin:
         importlib.import_module(module)
+    eventloop.resolve()  # imports uvloop (where installed) once, for every child
     engine_pid = args.parent_pid
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)

@@ -16,6 +16,7 @@ from engine.errors import (
     NotRetryable,
     PluginNotFound,
     PolicyError,
+    StoreNotOpen,
     TaskFileError,
 )
 from engine.messages import Category, Message
@@ -67,6 +68,7 @@ __all__ = [
     "SamplingParams",
     "ScriptedPolicy",
     "Slot",
+    "StoreNotOpen",
     "Task",
     "TaskFileError",
     "TaskView",

@@ -30,7 +30,7 @@ from engine.backend import Backend, EnvFactory, create_backend
 from engine.environment import EnvSpec
 from engine.errors import ConfigError
 from engine.export import export_jsonl
-from engine.live import LiveRun, new_record
+from engine.live import LiveRun
 from engine.logs import configure_logging
 from engine.messages import Message
 from engine.ordering import ORDERS, TaskOrder, check_order, estimates, longest_first
@@ -285,7 +285,7 @@ class Engine(AsyncResource):
             for i in range(samples):
                 rid = f"{run_id}.{len(pending)}"
                 self.store.add_rollout(rid, run_id, task.id, i, self.backend.name)
-                pending.append(Pending(new_record(rid, run_id, task.id, i), task))
+                pending.append(Pending(RolloutRecord.queued(rid, run_id, task.id, i), task))
         await self.store.commit()
         pending = longest_first(pending, _task_of, await estimates(task_list, order, self.store))
         log.info("run started", run=run_id, tasks=len(task_list), samples=samples,

@@ -36,6 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from engine import eventloop
 from engine.benchmark.ceiling import (
     ORDER_TEXT,
     CeilingRow,
@@ -57,6 +58,7 @@ from engine.benchmark.workload import (
     make_workload,
 )
 from engine.errors import ConfigError
+from engine.eventloop import LOOPS
 
 __all__ = [
     "PAPER_DISTRIBUTED_S",
@@ -249,6 +251,30 @@ async def run_ingest(args: argparse.Namespace) -> None:
     write_results(args.name, r, md, args.out)
 
 
+async def run_http(args: argparse.Namespace) -> None:
+    from engine.benchmark.http import http_markdown, measure_http, openai_server, results_json
+
+    runs = []
+    turns, rollouts = args.turns, args.rollouts
+    async with openai_server(args.latency, turns, args.server_procs) as server:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n, c in enumerate(args.in_flight, 1):
+                console.print(f"[bold][{n}/{len(args.in_flight)}][/bold] {rollouts:,} rollouts "
+                              f"× {turns} turns, {c:,} in flight")  # fmt: skip
+                r = await measure_http(server, c, rollouts, turns, args.latency,
+                                       args.tool_sleep, Path(tmp))  # fmt: skip
+                if r.states != {"done": rollouts}:
+                    console.print(f"[yellow]not every rollout ended done: {r.states}[/yellow]")
+                console.print(f"  wall {r.wall_s:.1f} s (ideal {r.ideal_s:.1f} s), efficiency "
+                              f"{r.efficiency:.3f}, engine CPU {r.engine_cpu_per_turn_ms:.3f} "
+                              f"ms/turn")  # fmt: skip
+                runs.append(r)
+    cmd = _command(args.argv)
+    md = http_markdown(cmd, runs, args.server_procs)
+    console.print(md)
+    write_results(args.name, results_json(cmd, runs), md, args.out)
+
+
 async def run_overlap(args: argparse.Namespace) -> None:
     from engine.benchmark.overlap import overlap_markdown, run_overlapped
 
@@ -344,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a CPU-heavy tool: subprocess pool vs in-process; worker-protocol step "
         "p50/p99; environment creation per backend",
+    )
+    mode.add_argument(
+        "--http",
+        action="store_true",
+        help="--rollouts × --turns through a loopback OpenAI-compatible server over real "
+        "HTTP and a sleeping tool, at each --in-flight: efficiency vs the ideal makespan, "
+        "engine CPU per turn",
     )
     mode.add_argument(
         "--real",
@@ -444,9 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bar per run (default: on for runs of 50+ rollouts)",
     )
-    s = p.add_argument_group("--scale and --ingest")
-    s.add_argument("--rollouts", type=int, default=10_000, help="--scale: rollouts (10000)")
-    s.add_argument("--turns", type=int, default=4, help="--scale: turns per rollout (4)")
+    s = p.add_argument_group("--scale, --ingest and --http")
+    s.add_argument(
+        "--rollouts", type=int, help="--scale: rollouts (10000); --http: rollouts per run (4096)"
+    )
+    s.add_argument("--turns", type=int, help="turns per rollout (--scale: 4, --http: 8)")
     s.add_argument(
         "--model-s", type=float, default=6.0, help="--scale: median real seconds per model call (6)"
     )
@@ -454,6 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--tool-s", type=float, default=2.0, help="--scale: median real seconds per tool call (2)"
     )
     s.add_argument("--messages", type=int, default=300_000, help="--ingest: messages (300000)")
+    h = p.add_argument_group("--http")
+    h.add_argument(
+        "--in-flight",
+        type=_counts_of("--in-flight", 1, "16,1024"),
+        default=[16, 64, 256, 1024, 4096],
+        help="rollouts in flight, one run each (16,64,256,1024,4096)",
+    )
+    h.add_argument("--latency", type=float, default=0.2, help="server seconds per reply (0.2)")
+    h.add_argument("--tool-sleep", type=float, default=0.1, help="tool seconds per call (0.1)")
+    h.add_argument(
+        "--server-procs", type=int, default=2, help="server processes sharing the port (2)"
+    )
     r = p.add_argument_group("--real")
     r.add_argument(
         "--policy-url",
@@ -472,6 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="rollouts at once in the concurrent --real run (8)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=None,
+        help="the engine's event loop, every mode (default: $DRILLYARD_LOOP, else auto = "
+        "uvloop where installed)",
     )
     gw = p.add_argument_group("--gateway")
     gw.add_argument("--gateway-rollouts", type=int, default=256,
@@ -509,22 +563,29 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.scale:
         args.name = args.name or "scale"
-        asyncio.run(run_scale(args))
+        args.rollouts, args.turns = args.rollouts or 10_000, args.turns or 4
+        eventloop.run(run_scale(args), args.loop)
+    elif args.http:
+        args.name = args.name or "http"
+        args.rollouts, args.turns = args.rollouts or 4096, args.turns or 8
+        if args.turns < 2:
+            raise SystemExit("--http wants --turns >= 2 (every turn but the last calls the tool)")
+        eventloop.run(run_http(args), args.loop)
     elif args.ingest:
         args.name = args.name or "ingest"
-        asyncio.run(run_ingest(args))
+        eventloop.run(run_ingest(args), args.loop)
     elif args.overlap:
         args.name = args.name or "overlap"
-        asyncio.run(run_overlap(args))
+        eventloop.run(run_overlap(args), args.loop)
     elif args.real:
         args.name = args.name or "real"
-        asyncio.run(run_real(args))
+        eventloop.run(run_real(args), args.loop)
     elif args.gateway:
         args.name = args.name or "gateway"
-        asyncio.run(run_gateway(args))
+        eventloop.run(run_gateway(args), args.loop)
     else:
         args.name = args.name or "cycle"
-        asyncio.run(run_cycle(args))
+        eventloop.run(run_cycle(args), args.loop)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engine import eventloop
 from engine.api import Engine, Run
 from engine.config import agent_from_description, load_config
 from engine.errors import ConfigError, DrillyardError
@@ -373,7 +374,7 @@ def run_command(command: Coroutine[Any, Any, int], *, stops_cleanly: bool = Fals
     (exit 2), Ctrl-C says how to finish the run (exit 130), or ends a service
     that ``stops_cleanly`` (exit 0)."""
     try:
-        return asyncio.run(command)
+        return eventloop.run(command)
     except DrillyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -305,7 +305,7 @@ def _delta(
     previous = speaker.messages
     keep = 0
     for a, b in zip(previous, messages, strict=False):
-        if a != b:
+        if a is not b and a != b:  # the same dict (most of them): no deep compare
             break
         keep += 1
     out: dict[str, Any] = {"n_messages": len(messages), "keep": keep, "messages": messages[keep:]}

@@ -18,6 +18,10 @@ class ConfigError(DrillyardError):
         super().__init__(text)
 
 
+class StoreNotOpen(DrillyardError, RuntimeError):
+    """The trace store was used while not open (before `open`, or after `close` began)."""
+
+
 class TaskFileError(ConfigError):
     """A task file holds a line the engine cannot read."""
 

@@ -13,7 +13,6 @@ so a fault ends the same way in evaluation and in training::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -127,7 +126,7 @@ class LiveRun:
             rid, index = self._next_rollout(item.task)
             item.rollout_id = rid
             store.add_rollout(rid, self.id, item.task.id, index, self.engine.backend.name)
-            record = new_record(rid, self.id, item.task.id, index)
+            record = RolloutRecord.queued(rid, self.id, item.task.id, index)
             pending.append(Pending(record, item.task, agent=item.agent, headers=item.headers))
         await store.commit()
         ended: dict[str, BatchResult] = {}
@@ -174,25 +173,3 @@ class LiveRun:
             self.engine.store.set_run_status(self.id, status)
             await self.engine.store.commit()
         log.info("live run ended", run=self.id, status=status, batches=self.batches)
-
-
-def new_record(rid: str, run_id: str, task_id: str, sample_index: int) -> RolloutRecord:
-    """The record of a rollout just added to the store (state queued)."""
-    return RolloutRecord(
-        id=rid,
-        run_id=run_id,
-        task_id=task_id,
-        sample_index=sample_index,
-        attempt=0,
-        state=str(RolloutState.QUEUED),
-        reward=None,
-        answer=None,
-        error=None,
-        turns=0,
-        created_at=time.time(),
-        started_at=None,
-        finished_at=None,
-        backend=None,
-        worker=None,
-        policy_version=None,
-    )

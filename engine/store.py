@@ -1,8 +1,9 @@
-"""The trace store: SQLite in WAL mode through aiosqlite, one batching writer.
+"""The trace store: SQLite in WAL mode, one batching writer, reads through aiosqlite.
 
 Writes are enqueued without waiting (`record`, `update_rollout`, …) and one
 writer task commits them in batches (every ``flush_interval`` seconds or every
-``batch_size`` rows, one transaction a batch). `commit` is a barrier: it
+``batch_size`` rows, one transaction a batch, handed to the writer's own
+thread in one hop: `engine.store_writer`). `commit` is a barrier: it
 returns once everything enqueued before it is on disk. A rollout's terminal
 state is enqueued after its messages and so can never be committed before
 them. Reads go through a second connection and see committed data only.
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,28 +24,33 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from engine.errors import ConfigError
-from engine.messages import Category, Message
-from engine.schema import MIGRATIONS, SCHEMA_VERSION
+from engine.errors import ConfigError, StoreNotOpen
+from engine.messages import Message
+from engine.records import (
+    MESSAGE_COLUMNS,
+    AttemptRecord,
+    RolloutRecord,
+    RunRecord,
+    TrainStepRecord,
+    columns,
+    from_row,
+    message_from_row,
+)
+from engine.store_writer import WRITER_PRAGMAS, Batch, SqliteWriter
 from engine.tasks import Task
 
-WRITER_PRAGMAS = (
-    # a new file gets 8 KiB pages (no effect on an existing one): the messages
-    # index is filled in rollout order, not time order, and larger pages split
-    # less often (measured: ~1.3x rows/s on ingest)
-    "page_size=8192",
-    "journal_mode=WAL",
-    "synchronous=NORMAL",
-    # the writer's page cache holds the hot index pages of every live rollout
-    # (default 2 MB); memory is only used as the file grows
-    "cache_size=-65536",
-    "foreign_keys=ON",
-    "busy_timeout=10000",
-    # checkpoint the WAL every ~40 MB rather than every 4 MB: fewer stalls of
-    # the writer under a heavy ingest
-    "wal_autocheckpoint=10000",
-)
-"""The writer connection's settings, in order (the ingest bench's baseline uses them too)."""
+__all__ = [
+    "RESULT_STATES",
+    "STORE_TRANSITIONS",
+    "WRITER_PRAGMAS",
+    "AttemptRecord",
+    "RolloutRecord",
+    "RunRecord",
+    "StoreNotOpen",
+    "StoreState",
+    "TraceStore",
+    "TrainStepRecord",
+]
 
 RESULT_STATES = frozenset({"done", "failed", "timed_out", "error"})
 """States that carry a final result; every other state is resumable."""
@@ -69,100 +76,35 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
-@dataclass(slots=True)
-class RolloutRecord:
-    """One rollout (one sample of one task) as the store holds it."""
+class StoreState(StrEnum):
+    """Where a `TraceStore` is in its life; every public call checks it."""
 
-    id: str
-    run_id: str
-    task_id: str
-    sample_index: int
-    attempt: int
-    state: str
-    reward: float | None
-    answer: str | None
-    error: str | None
-    turns: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    backend: str | None
-    worker: str | None
-    policy_version: str | None
-
-    @property
-    def group_id(self) -> str:
-        return self.task_id
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"  # flushing what was enqueued; nothing new may be
+    CLOSED = "closed"
 
 
-@dataclass(slots=True)
-class AttemptRecord:
-    rollout_id: str
-    attempt: int
-    state: str
-    error: str | None
-    worker: str | None
-    started_at: float
-    finished_at: float | None
-
-
-@dataclass(slots=True)
-class TrainStepRecord:
-    """What was measured of one training step of a run (fields merged as they arrive)."""
-
-    run_id: str
-    step: int
-    data: dict[str, Any]
-    updated_at: float
-
-
-@dataclass(slots=True)
-class RunRecord:
-    id: str
-    created_at: float
-    finished_at: float | None
-    status: str
-    config: dict[str, Any]
-    code_version: str
-
-
-class _Batch:
-    """Everything the writer commits in one transaction, in dependency order."""
-
-    __slots__ = (
-        "attempts",
-        "barriers",
-        "messages",
-        "rollout_inserts",
-        "rollout_updates",
-        "runs",
-        "tasks",
-    )
-
-    def __init__(self) -> None:
-        self.runs: list[tuple[str, tuple[Any, ...]]] = []
-        self.tasks: list[tuple[Any, ...]] = []
-        self.rollout_inserts: list[tuple[Any, ...]] = []
-        self.attempts: dict[tuple[str, int], tuple[Any, ...]] = {}
-        self.messages: list[tuple[Any, ...]] = []
-        self.rollout_updates: dict[str, dict[str, Any]] = {}
-        self.barriers: list[asyncio.Future[None]] = []
-
-    def rows(self) -> int:
-        return (
-            len(self.runs)
-            + len(self.tasks)
-            + len(self.rollout_inserts)
-            + len(self.attempts)
-            + len(self.messages)
-            + len(self.rollout_updates)
-        )
+_S = StoreState
+STORE_TRANSITIONS: dict[StoreState, frozenset[StoreState]] = {
+    _S.NEW: frozenset({_S.OPENING}),
+    _S.OPENING: frozenset({_S.OPEN, _S.CLOSED}),  # a failed open ends closed
+    _S.OPEN: frozenset({_S.CLOSING}),
+    _S.CLOSING: frozenset({_S.CLOSED}),
+    _S.CLOSED: frozenset({_S.OPENING}),  # a closed store may be opened again
+}
+_READABLE = frozenset({_S.OPEN, _S.CLOSING})
 
 
 class TraceStore:
     """Every run, rollout, attempt and message, in one SQLite file.
 
     Use as an async context manager: ``async with TraceStore("runs.db") as store:``.
+    Its life is ``new → opening → open → closing → closed`` (`STORE_TRANSITIONS`):
+    writes and `commit` need it open and raise `StoreNotOpen` otherwise (a
+    `commit` while it closes waits for the close's flush, which covers it);
+    reads need it open or closing.
     """
 
     def __init__(
@@ -171,13 +113,15 @@ class TraceStore:
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.batch_size = batch_size
-        self._db: aiosqlite.Connection | None = None
+        self.state = StoreState.NEW
+        self._db: SqliteWriter | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._batch = _Batch()
+        self._batch = Batch()
         self._wake = asyncio.Event()  # something is enqueued
         self._urgent = asyncio.Event()  # flush now: a barrier, a full batch, closing
         self._writer: asyncio.Task[None] | None = None
-        self._closing = False
+        self._closed: asyncio.Event | None = None  # set when a close has finished
+        self._close_error: BaseException | None = None
         self._failure: BaseException | None = None
         self._nums: dict[str, int] = {}
         self._next_num = 1
@@ -186,42 +130,96 @@ class TraceStore:
 
     # ---- lifecycle -------------------------------------------------------
 
+    def _move(self, new: StoreState) -> None:
+        if new not in STORE_TRANSITIONS[self.state]:
+            raise StoreNotOpen(f"trace store {self.path}: cannot go from {self.state} to {new}")
+        self.state = new
+
+    def _not_open(self, what: str) -> StoreNotOpen:
+        if self.state in (_S.CLOSING, _S.CLOSED):
+            why = (
+                "it is closing" if self.state is _S.CLOSING else "it was closed"
+            ) + "; what was enqueued before close() is committed, nothing after"
+        else:
+            why = f"it is {self.state}, not open yet"
+        return StoreNotOpen(
+            f"trace store {self.path}: {what} needs an open store, and {why} (fix: write "
+            "inside `async with TraceStore(...)` or `async with Engine(...)`, before it ends)"
+        )
+
+    def _writable(self, what: str) -> None:
+        """Checked before every enqueue: the hot path, so kept to two checks."""
+        if self.state is not _S.OPEN:
+            raise self._not_open(what)
+        if self._failure is not None:
+            raise RuntimeError(f"trace store writer failed: {self._failure!r}") from self._failure
+
     async def open(self) -> TraceStore:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        """Open both connections, migrate the schema, start the writer."""
+        if self.state is _S.OPEN:
+            raise StoreNotOpen(f"trace store {self.path} is already open")
+        self._move(_S.OPENING)
         try:
-            for pragma in WRITER_PRAGMAS:
-                await self._db.execute(f"PRAGMA {pragma}")
-            await self._migrate(self._db)
-            async with self._db.execute("SELECT COALESCE(MAX(num), 0) FROM rollouts") as cur:
-                row = await cur.fetchone()
+            await self._connect()
         except BaseException:
-            await self._db.close()
-            self._db = None
+            await self._disconnect()
+            self._move(_S.CLOSED)
             raise
-        self._next_num = int(row[0]) + 1 if row else 1
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA busy_timeout=10000")
+        self._batch = Batch()
+        self._wake, self._urgent = asyncio.Event(), asyncio.Event()
+        self._closed, self._close_error, self._failure = asyncio.Event(), None, None
         self._writer = asyncio.create_task(self._write_loop(), name="drillyard-store-writer")
+        self._writer.add_done_callback(self._writer_ended)
+        self._move(_S.OPEN)
         return self
 
-    async def close(self) -> None:
-        """Flush everything enqueued, stop the writer, close both connections."""
-        if self._db is None:
-            return
+    async def _connect(self) -> None:
+        self._db = SqliteWriter(self.path)
+        self._next_num = await self._db.open()
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        await self._reader.execute("PRAGMA busy_timeout=10000")
+
+    async def _disconnect(self) -> None:
+        reader, writer, self._reader, self._db = self._reader, self._db, None, None
         try:
-            if self._writer is not None and not self._writer.done():
-                await self.commit()
+            if reader is not None:
+                await reader.close()
         finally:
-            self._closing = True
+            if writer is not None:
+                await writer.close()
+
+    async def close(self) -> None:
+        """Flush everything enqueued, stop the writer, close both connections.
+
+        Idempotent; a second close while the first runs waits for it."""
+        if self.state in (_S.NEW, _S.CLOSED):
+            return
+        if self.state is _S.CLOSING:
+            assert self._closed is not None
+            await self._closed.wait()
+            return
+        if self.state is _S.OPENING:
+            raise StoreNotOpen(f"trace store {self.path}: close() while it is still opening")
+        flushed: asyncio.Future[None] | None = None
+        if self._writer is not None and not self._writer.done() and self._failure is None:
+            flushed = self._barrier()
+        self._move(_S.CLOSING)
+        try:
+            if flushed is not None:
+                await flushed
+        except BaseException as exc:
+            self._close_error = exc
+            raise
+        finally:
             self._wake.set()
             self._urgent.set()
-            if self._writer is not None:
+            if self._writer is not None and not self._writer.done():
                 await asyncio.gather(self._writer, return_exceptions=True)
-            for conn in (self._reader, self._db):
-                if conn is not None:
-                    await conn.close()
-            self._db = self._reader = None
+            await self._disconnect()
+            self._move(_S.CLOSED)
+            assert self._closed is not None
+            self._closed.set()
 
     async def __aenter__(self) -> TraceStore:
         return await self.open()
@@ -234,29 +232,25 @@ class TraceStore:
     ) -> None:
         await asyncio.shield(self.close())
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise ConfigError(
-                str(self.path),
-                f"store has schema version {current}, this drillyard knows {SCHEMA_VERSION}",
-                "upgrade drillyard to read this store",
-            )
-        for version, script in MIGRATIONS:
-            if version > current:
-                await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
-
     # ---- the writer ------------------------------------------------------
 
     def _enqueued(self) -> None:
-        """Called after every enqueue: the hot path, so kept to two checks."""
-        if self._failure is not None:
-            raise RuntimeError(f"trace store writer failed: {self._failure!r}") from self._failure
+        """Called after every enqueue: wake the writer, now if the batch is full."""
         self._wake.set()
         if len(self._batch.messages) >= self.batch_size:
             self._urgent.set()
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """However the writer ended (closed, failed, cancelled with its loop), no
+        barrier waits for it any more: a commit can never hang on a dead writer."""
+        if self.state is not _S.CLOSING and self._failure is None:
+            self._failure = (task.exception() if not task.cancelled() else None) or RuntimeError(
+                "the writer task stopped (its event loop was cancelled or closed)"
+            )
+        for fut in self._batch.barriers:
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"trace store writer stopped: {self._failure!r}"))
+        self._batch.barriers.clear()
 
     async def _write_loop(self) -> None:
         assert self._db is not None
@@ -265,86 +259,57 @@ class TraceStore:
             if not self._urgent.is_set():
                 # gather a batch for up to flush_interval; cut short when urgent
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
+                    async with asyncio.timeout(self.flush_interval):
+                        await self._urgent.wait()
             self._wake.clear()
             self._urgent.clear()
-            batch, self._batch = self._batch, _Batch()
+            batch, self._batch = self._batch, Batch()
             if batch.rows() or batch.barriers:
                 try:
-                    await self._commit_batch(self._db, batch)
+                    await self._db.commit(batch)
                 except BaseException as exc:
                     self._failure = exc
                     for fut in batch.barriers + self._batch.barriers:
                         if not fut.done():
                             fut.set_exception(RuntimeError(f"trace store write failed: {exc!r}"))
                     raise
+                self.rows_written += batch.rows()
+                self.batches_written += 1
                 for fut in batch.barriers:
                     if not fut.done():
                         fut.set_result(None)
-            if self._closing and not self._batch.rows() and not self._batch.barriers:
+            if self.state is _S.CLOSING and not self._batch.rows() and not self._batch.barriers:
                 return
 
-    async def _commit_batch(self, db: aiosqlite.Connection, b: _Batch) -> None:
-        await db.execute("BEGIN")
-        try:
-            for sql, params in b.runs:
-                await db.execute(sql, params)
-            if b.tasks:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO tasks(run_id, task_id, ord, data) VALUES (?,?,?,?)",
-                    b.tasks,
-                )
-            if b.rollout_inserts:
-                await db.executemany(
-                    "INSERT INTO rollouts(num, id, run_id, task_id, sample_index, attempt, state,"
-                    " turns, created_at, backend) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    b.rollout_inserts,
-                )
-            if b.attempts:
-                await db.executemany(
-                    "INSERT INTO attempts(rollout_id, attempt, state, error, worker, started_at,"
-                    " finished_at) VALUES (?,?,?,?,?,?,?)"
-                    " ON CONFLICT(rollout_id, attempt) DO UPDATE"
-                    " SET state=excluded.state, error=excluded.error, worker=excluded.worker,"
-                    " finished_at=excluded.finished_at",
-                    list(b.attempts.values()),
-                )
-            if b.messages:
-                await db.executemany(
-                    "INSERT INTO messages(rollout_num, seq, attempt, sender, receiver, category,"
-                    " topic, priority, headers, payload, created_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    b.messages,
-                )
-            # one executemany per set of updated columns, not one statement per
-            # rollout: each statement is a hop to the connection's thread
-            by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-            for rollout_id, fields in b.rollout_updates.items():
-                by_columns.setdefault(tuple(fields), []).append((*fields.values(), rollout_id))
-            for columns, rows in by_columns.items():
-                cols = ", ".join(f"{k}=?" for k in columns)
-                await db.executemany(f"UPDATE rollouts SET {cols} WHERE id=?", rows)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        self.rows_written += b.rows()
-        self.batches_written += 1
-
     async def commit(self) -> None:
-        """Wait until everything enqueued so far is committed."""
-        if self._failure is not None:
-            raise RuntimeError(f"trace store writer failed: {self._failure!r}") from self._failure
+        """Wait until everything enqueued so far is committed.
+
+        On a store that is closing, waits for the close (its flush covers
+        everything enqueued); on one that is not open, raises `StoreNotOpen`."""
+        if self.state is _S.CLOSING:
+            assert self._closed is not None
+            await self._closed.wait()
+            if self._close_error is not None:
+                raise RuntimeError(
+                    f"trace store close failed: {self._close_error!r}"
+                ) from self._close_error
+            return
+        self._writable("commit()")
+        await self._barrier()
+
+    def _barrier(self) -> asyncio.Future[None]:
+        """A future set once everything enqueued so far is committed."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.barriers.append(fut)
         self._wake.set()
         self._urgent.set()
-        await fut
+        return fut
 
     # ---- enqueue ---------------------------------------------------------
 
     def record(self, msg: Message) -> None:
         """Enqueue one message."""
+        self._writable("record()")
         self._batch.messages.append(
             (
                 self._nums[msg.rollout_id],
@@ -364,13 +329,14 @@ class TraceStore:
 
     def update_rollout(self, rollout_id: str, **fields: Any) -> None:
         """Enqueue new values for a rollout's columns (merged with earlier ones in the batch)."""
-        unknown = set(fields) - _ROLLOUT_FIELDS
-        if unknown:
-            raise ValueError(f"unknown rollout fields: {sorted(unknown)}")
+        self._writable("update_rollout()")
+        if not _ROLLOUT_FIELDS.issuperset(fields):  # no set built on the hot path
+            raise ValueError(f"unknown rollout fields: {sorted(set(fields) - _ROLLOUT_FIELDS)}")
         self._batch.rollout_updates.setdefault(rollout_id, {}).update(fields)
         self._enqueued()
 
     def record_attempt(self, a: AttemptRecord) -> None:
+        self._writable("record_attempt()")
         self._batch.attempts[(a.rollout_id, a.attempt)] = (
             a.rollout_id,
             a.attempt,
@@ -383,6 +349,7 @@ class TraceStore:
         self._enqueued()
 
     def create_run(self, run_id: str, config: dict[str, Any], code_version: str) -> None:
+        self._writable("create_run()")
         self._batch.runs.append(
             (
                 "INSERT INTO runs(id, created_at, status, config, code_version) VALUES (?,?,?,?,?)",
@@ -393,6 +360,7 @@ class TraceStore:
 
     def record_train_step(self, run_id: str, step: int, **data: Any) -> None:
         """Enqueue measurements of a training step, merged into what it already holds."""
+        self._writable("record_train_step()")
         self._batch.runs.append(
             (
                 "INSERT INTO train_steps(run_id, step, data, updated_at) VALUES (?,?,?,?)"
@@ -404,6 +372,7 @@ class TraceStore:
         self._enqueued()
 
     def set_run_status(self, run_id: str, status: str) -> None:
+        self._writable("set_run_status()")
         finished = time.time() if status != "running" else None
         self._batch.runs.append(
             ("UPDATE runs SET status=?, finished_at=? WHERE id=?", (status, finished, run_id))
@@ -411,6 +380,7 @@ class TraceStore:
         self._enqueued()
 
     def add_tasks(self, run_id: str, tasks: Iterable[Task]) -> None:
+        self._writable("add_tasks()")
         self._batch.tasks.extend(
             (run_id, t.id, i, _dumps(t.to_dict())) for i, t in enumerate(tasks)
         )
@@ -419,6 +389,7 @@ class TraceStore:
     def add_rollout(
         self, rollout_id: str, run_id: str, task_id: str, sample_index: int, backend: str
     ) -> None:
+        self._writable("add_rollout()")
         num = self._next_num
         self._next_num += 1
         self._nums[rollout_id] = num
@@ -429,38 +400,29 @@ class TraceStore:
 
     # ---- reads -----------------------------------------------------------
 
-    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        if self._reader is None:
-            raise RuntimeError("the trace store is not open: use `async with TraceStore(...)`")
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        if self.state not in _READABLE or self._reader is None:
+            raise self._not_open("reading")
         async with self._reader.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
+    _RUN_COLS = columns(RunRecord)
+    _ROLLOUT_COLS = columns(RolloutRecord)
+
     async def runs(self) -> list[RunRecord]:
-        rows = await self._fetch(
-            "SELECT id, created_at, finished_at, status, config, code_version FROM runs"
-            " ORDER BY created_at"
-        )
-        return [RunRecord(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5]) for r in rows]
+        rows = await self._fetch(f"SELECT {self._RUN_COLS} FROM runs ORDER BY created_at")
+        return [RunRecord.from_row(r) for r in rows]
 
     async def run(self, run_id: str) -> RunRecord:
-        rows = await self._fetch(
-            "SELECT id, created_at, finished_at, status, config, code_version FROM runs WHERE id=?",
-            (run_id,),
-        )
+        rows = await self._fetch(f"SELECT {self._RUN_COLS} FROM runs WHERE id=?", (run_id,))
         if not rows:
             known = ", ".join(r.id for r in await self.runs()) or "none"
             raise ConfigError(f"{self.path}", f"no run '{run_id}' in this store", f"runs: {known}")
-        r = rows[0]
-        return RunRecord(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5])
+        return RunRecord.from_row(rows[0])
 
     async def tasks(self, run_id: str) -> list[Task]:
         rows = await self._fetch("SELECT data FROM tasks WHERE run_id=? ORDER BY ord", (run_id,))
-        return [Task.from_dict(orjson.loads(r[0])) for r in rows]
-
-    _ROLLOUT_COLS = (
-        "id, run_id, task_id, sample_index, attempt, state, reward, answer, error, turns,"
-        " created_at, started_at, finished_at, backend, worker, policy_version"
-    )
+        return [Task.from_dict(orjson.loads(r["data"])) for r in rows]
 
     async def rollouts(
         self, run_id: str, state: str | Iterable[str] | None = None
@@ -473,7 +435,7 @@ class TraceStore:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             params += states
         rows = await self._fetch(sql + " ORDER BY task_id, sample_index", params)
-        return [RolloutRecord(*r) for r in rows]
+        return [from_row(RolloutRecord, r) for r in rows]
 
     async def rollout(self, rollout_id: str) -> RolloutRecord:
         rows = await self._fetch(
@@ -481,7 +443,7 @@ class TraceStore:
         )
         if not rows:
             raise KeyError(rollout_id)
-        return RolloutRecord(*rows[0])
+        return from_row(RolloutRecord, rows[0])
 
     async def unfinished(self, run_id: str) -> list[RolloutRecord]:
         """Rollouts without a result yet: what `resume` runs again (and may now write to)."""
@@ -492,22 +454,20 @@ class TraceStore:
             (run_id, *states),
         )
         for r in rows:
-            self._nums[r[1]] = r[0]
-        return [RolloutRecord(*r[1:]) for r in rows]
+            self._nums[r["id"]] = r["num"]
+        return [from_row(RolloutRecord, r) for r in rows]
 
     async def attempts(self, rollout_id: str) -> list[AttemptRecord]:
         rows = await self._fetch(
-            "SELECT rollout_id, attempt, state, error, worker, started_at, finished_at"
-            " FROM attempts WHERE rollout_id=? ORDER BY attempt",
+            f"SELECT {columns(AttemptRecord)} FROM attempts WHERE rollout_id=? ORDER BY attempt",
             (rollout_id,),
         )
-        return [AttemptRecord(*r) for r in rows]
+        return [from_row(AttemptRecord, r) for r in rows]
 
     async def messages(self, rollout_id: str, category: str | None = None) -> list[Message]:
         """A rollout's messages in order (all attempts)."""
         sql = (
-            "SELECT r.run_id, r.id, m.seq, m.attempt, m.sender, m.receiver, m.category, m.topic,"
-            " m.payload, m.headers, m.priority, m.created_at FROM messages m"
+            f"SELECT {MESSAGE_COLUMNS} FROM messages m"
             " JOIN rollouts r ON r.num = m.rollout_num WHERE r.id=?"
         )
         params: tuple[Any, ...] = (rollout_id,)
@@ -515,32 +475,16 @@ class TraceStore:
             sql += " AND m.category=?"
             params += (category,)
         rows = await self._fetch(sql + " ORDER BY m.seq", params)
-        return [
-            Message(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                Category(r[6]),
-                r[7],
-                orjson.loads(r[8]),
-                orjson.loads(r[9]) if r[9] else {},
-                r[10],
-                r[11],
-            )
-            for r in rows
-        ]
+        return [message_from_row(r) for r in rows]
 
     async def next_seqs(self, run_id: str) -> dict[str, int]:
         """For every rollout of a run, the seq its next message gets."""
         rows = await self._fetch(
-            "SELECT r.id, COALESCE(MAX(m.seq) + 1, 0) FROM rollouts r"
+            "SELECT r.id AS id, COALESCE(MAX(m.seq) + 1, 0) AS next_seq FROM rollouts r"
             " LEFT JOIN messages m ON m.rollout_num = r.num WHERE r.run_id=? GROUP BY r.id",
             (run_id,),
         )
-        return {r[0]: int(r[1]) for r in rows}
+        return {r["id"]: int(r["next_seq"]) for r in rows}
 
     async def rewards_by_group(self, run_id: str) -> dict[str, list[tuple[str, float | None]]]:
         """For each task (GRPO group): ``[(state, reward), …]`` by sample index."""
@@ -550,8 +494,8 @@ class TraceStore:
             (run_id,),
         )
         groups: dict[str, list[tuple[str, float | None]]] = {}
-        for task_id, state, reward in rows:
-            groups.setdefault(task_id, []).append((state, reward))
+        for r in rows:
+            groups.setdefault(r["task_id"], []).append((r["state"], r["reward"]))
         return groups
 
     async def task_durations(self, task_ids: Iterable[str]) -> dict[str, tuple[float, int]]:
@@ -563,33 +507,30 @@ class TraceStore:
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = await self._fetch(
-                "SELECT r.task_id, AVG(a.finished_at - a.started_at), COUNT(*)"
-                " FROM rollouts r JOIN attempts a ON a.rollout_id = r.id"
+                "SELECT r.task_id AS task_id, AVG(a.finished_at - a.started_at) AS mean_s,"
+                " COUNT(*) AS n FROM rollouts r JOIN attempts a ON a.rollout_id = r.id"
                 f" WHERE r.task_id IN ({marks}) AND a.state IN ('done', 'failed', 'timed_out')"
                 " AND a.finished_at IS NOT NULL GROUP BY r.task_id",
                 tuple(chunk),
             )
-            out.update({r[0]: (float(r[1]), int(r[2])) for r in rows})
+            out.update({r["task_id"]: (float(r["mean_s"]), int(r["n"])) for r in rows})
         return out
 
     async def train_steps(self, run_id: str) -> list[TrainStepRecord]:
         """The run's training steps in order, with everything recorded of each."""
         rows = await self._fetch(
-            "SELECT run_id, step, data, updated_at FROM train_steps WHERE run_id=? ORDER BY step",
+            f"SELECT {columns(TrainStepRecord)} FROM train_steps WHERE run_id=? ORDER BY step",
             (run_id,),
         )
-        return [
-            TrainStepRecord(run_id=r[0], step=r[1], data=orjson.loads(r[2]), updated_at=r[3])
-            for r in rows
-        ]
+        return [TrainStepRecord.from_row(r) for r in rows]
 
     async def count_messages(self, run_id: str | None = None) -> int:
         if run_id is None:
-            rows = await self._fetch("SELECT COUNT(*) FROM messages")
+            rows = await self._fetch("SELECT COUNT(*) AS n FROM messages")
         else:
             rows = await self._fetch(
-                "SELECT COUNT(*) FROM messages m JOIN rollouts r ON r.num = m.rollout_num"
+                "SELECT COUNT(*) AS n FROM messages m JOIN rollouts r ON r.num = m.rollout_num"
                 " WHERE r.run_id=?",
                 (run_id,),
             )
-        return int(rows[0][0])
+        return int(rows[0]["n"])

@@ -47,10 +47,16 @@ class Continuation:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
+    """How many leading ids ``a`` and ``b`` share (a bisection of slice compares,
+    which run in C, not a Python loop over every id)."""
+    lo, hi = 0, min(len(a), len(b))  # a[:lo] == b[:lo]; they differ within [:hi + 1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def continuation(previous: list[list[int]], prompt: list[int]) -> Continuation:

@@ -12,13 +12,13 @@ module:attr`` names a factory (called with no arguments) that returns a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from engine import eventloop
 from engine.agent import Agent
 from engine.api import Engine
 from engine.cli import console, parse_ks, print_report
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     import gaia  # noqa: F401 - registers the gaia scorer and environment
 
     try:
-        return asyncio.run(run(args))
+        return eventloop.run(run(args))
     except DrillyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

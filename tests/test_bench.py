@@ -179,3 +179,101 @@ def test_real_mode_calls_the_model_and_the_tools(vllm_server: Any, tmp_path: Pat
     for run in (r["sequential"], r["concurrent"]):
         assert run["states"] == {"done": 4}
         assert run["model_calls"] == 8 and run["tool_calls"] == 4
+
+
+def test_http_mode_drives_real_http_and_accounts_for_every_turn(tmp_path: Path) -> None:
+    main(["--http", "--rollouts", "6", "--turns", "3", "--in-flight", "1,4", "--latency", "0.02",
+          "--tool-sleep", "0.01", "--server-procs", "1", "--out", str(tmp_path),
+          "--name", "h"])  # fmt: skip
+    res = json.loads((tmp_path / "h.json").read_text())
+    assert res["command"].startswith("python -m engine.bench --http")
+    one, four = res["runs"]
+    for run in (one, four):
+        assert run["states"] == {"done": 6}
+        assert run["requests"] == 6 * 3  # one model call a turn, no retries
+        # ceil(N / C) waves of T model calls and T - 1 tool calls, nothing else
+        waves = -(-6 // run["in_flight"])
+        assert run["ideal_s"] == pytest.approx(waves * (3 * 0.02 + 2 * 0.01))
+        assert 0 < run["efficiency"] <= 1.0 and run["engine_cpu_per_turn_ms"] > 0
+    assert one["messages"] == four["messages"]  # the same record whatever the concurrency
+    assert "| 4 | 6 | 3 |" in (tmp_path / "h.md").read_text()
+
+
+async def _recorded_reply(tmp_path: Path) -> list[dict[str, Any]]:
+    from engine import Agent, Engine, EnvSpec, OpenAIPolicy, SamplingParams, Task
+    from engine.benchmark.http import ENV_NAME, openai_server
+    from engine.benchmark.openai_server import MODEL
+
+    async with openai_server(0.0, 2, 1, reply_tokens=5) as server:
+        async with OpenAIPolicy(server.url, MODEL) as policy, Engine(
+            store=tmp_path / "s.db", progress=False
+        ) as engine:
+            agent = Agent(policy, max_turns=2, sampling=SamplingParams(return_token_ids=True))
+            run = await engine.run([Task("t", "Task #0", "42")], agent,
+                                   environment=EnvSpec(ENV_NAME, {"seconds": 0.0}))  # fmt: skip
+            assert await run.counts() == {"done": 1}
+            (r,) = await run.rollouts()
+            return [m.payload for m in await run.messages(r.id) if m.category == "model_reply"]
+
+
+def test_the_bench_server_answers_as_vllm_does_with_token_ids(tmp_path: Path) -> None:
+    """Tool call first, the answer last, and the token ids vLLM returns with
+    ``return_token_ids``, each prompt extending the last: the engine's token
+    bookkeeping does in the bench what it does in training."""
+    first, last = asyncio.run(_recorded_reply(tmp_path))
+    assert first["finish_reason"] == "tool_calls" and first["tool_calls"][0]["name"] == "sleep"
+    assert last["finish_reason"] == "stop" and last["content"] == "42"
+    for reply in (first, last):
+        assert len(reply["token_ids"]) == 5 == reply["usage"]["completion_tokens"]
+        assert len(reply["prompt_token_ids"]) == reply["usage"]["prompt_tokens"] > 0
+    # as from an exact chat template: the next prompt extends the previous prompt and reply
+    before = first["prompt_token_ids"] + first["token_ids"]
+    assert last["prompt_token_ids"][: len(before)] == before
+    assert last["continues"] == {"extends": True, "choice": 0}
+
+
+def test_the_engine_loop_is_uvloop_where_installed_and_asyncio_on_request() -> None:
+    from engine import eventloop
+    from engine.errors import ConfigError
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert eventloop.run(which(), "asyncio") == "asyncio"
+    expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    assert eventloop.run(which(), "auto") == expected
+    with pytest.raises(ConfigError, match="use one of auto, asyncio, uvloop"):
+        eventloop.resolve("trio")
+
+
+def test_the_entry_points_collect_less_often_and_restore_the_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+    import weakref
+
+    from engine import eventloop
+    from engine.errors import ConfigError
+
+    before = gc.get_threshold()
+
+    class Node:
+        other: Node
+
+    async def inside() -> tuple[tuple[int, int, int], bool]:
+        seen = gc.get_threshold()
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the collector frees it
+        ref = weakref.ref(a)
+        del a, b
+        gc.collect()
+        return seen, ref() is None
+
+    seen, freed = eventloop.run(inside(), "asyncio")
+    assert seen == (eventloop.GC_THRESHOLD, *before[1:]) and freed
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    monkeypatch.setenv(eventloop.GC_ENV, "0")  # CPython's defaults left as they are
+    assert eventloop.run(inside(), "asyncio") == (before, True)
+    monkeypatch.setenv(eventloop.GC_ENV, "lots")
+    with pytest.raises(ConfigError, match=r"DRILLYARD_GC_THRESHOLD.*whole number"):
+        eventloop.run(inside(), "asyncio")

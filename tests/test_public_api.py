@@ -38,6 +38,7 @@ def test_public_names_are_pinned() -> None:
         "SamplingParams",
         "ScriptedPolicy",
         "Slot",
+        "StoreNotOpen",
         "Task",
         "TaskFileError",
         "TaskView",

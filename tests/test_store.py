@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from engine import Category, ConfigError, Message, Task, TraceStore
+from engine.errors import StoreNotOpen
 from engine.schema import MIGRATIONS, SCHEMA_VERSION
+from engine.store import STORE_TRANSITIONS, StoreState
 
 pytestmark = pytest.mark.anyio
 
@@ -92,3 +97,123 @@ async def test_close_flushes_what_was_enqueued(store_path: Path) -> None:
     async with TraceStore(store_path) as store:
         assert len(await store.messages("r.0")) == 1
         assert await store.count_messages("r") == 1
+
+
+# ---- the store's life: new → opening → open → closing → closed -------------------
+
+
+def _one_message(store: TraceStore, seq: int = 0) -> None:
+    store.record(Message("r", "r.0", seq, 1, "a", "b", Category.STATE, "starting"))
+
+
+async def test_a_commit_on_a_closed_store_raises_at_once_instead_of_waiting(
+    store_path: Path,
+) -> None:
+    store = TraceStore(store_path)
+    async with store:
+        store.create_run("r", {}, "test")
+        store.add_rollout("r.0", "r", "t", 0, "x")
+    assert store.state is StoreState.CLOSED
+    with anyio.fail_after(1):
+        with pytest.raises(StoreNotOpen, match=r"commit\(\) needs an open store.*was closed"):
+            await store.commit()
+    for write in (
+        lambda: _one_message(store),
+        lambda: store.update_rollout("r.0", state="done"),
+        lambda: store.create_run("r2", {}, "test"),
+        lambda: store.add_rollout("r.1", "r", "t", 1, "x"),
+        lambda: store.set_run_status("r", "finished"),
+    ):
+        with pytest.raises(StoreNotOpen, match="was closed"):
+            write()
+    with pytest.raises(StoreNotOpen, match="reading needs an open store"):
+        await store.runs()
+
+
+async def test_a_store_not_yet_open_refuses_writes_reads_and_commits(store_path: Path) -> None:
+    store = TraceStore(store_path)
+    assert store.state is StoreState.NEW
+    with pytest.raises(StoreNotOpen, match="it is new, not open yet"):
+        store.create_run("r", {}, "test")
+    with anyio.fail_after(1):
+        with pytest.raises(StoreNotOpen, match="not open yet"):
+            await store.commit()
+    with pytest.raises(StoreNotOpen, match="not open yet"):
+        await store.rollouts("r")
+    await store.close()  # closing a store never opened is nothing to do
+    assert store.state is StoreState.NEW
+
+
+async def test_a_write_while_closing_raises_and_a_commit_while_closing_waits_for_the_flush(
+    store_path: Path,
+) -> None:
+    store = TraceStore(store_path, flush_interval=60)
+    await store.open()
+    store.create_run("r", {}, "test")
+    store.add_rollout("r.0", "r", "t", 0, "x")
+    _one_message(store)
+    outcomes: list[str] = []
+
+    async def meanwhile() -> None:
+        assert store.state is StoreState.CLOSING
+        try:
+            _one_message(store, 1)
+        except StoreNotOpen as exc:
+            outcomes.append(f"write refused: {exc}")
+        await store.commit()  # returns once the close has flushed what came before it
+        outcomes.append(f"commit returned with the store {store.state}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.close)
+        while store.state is not StoreState.CLOSING:  # the close has begun
+            await anyio.lowlevel.checkpoint()
+        tg.start_soon(meanwhile)
+    assert outcomes[0].startswith("write refused") and "is closing" in outcomes[0]
+    assert outcomes[1] == "commit returned with the store closed"
+    async with TraceStore(store_path) as again:
+        assert [m.seq for m in await again.messages("r.0")] == [0]
+
+
+async def test_a_closed_store_opens_again_and_keeps_numbering(store_path: Path) -> None:
+    store = TraceStore(store_path)
+    async with store:
+        store.create_run("r", {}, "test")
+        store.add_rollout("r.0", "r", "t", 0, "x")
+        _one_message(store)
+    async with store:
+        assert store.state is StoreState.OPEN
+        store.add_rollout("r.1", "r", "t", 1, "x")
+        store.record(Message("r", "r.1", 0, 1, "a", "b", Category.STATE, "starting"))
+        await store.commit()
+        assert [m.rollout_id for m in await store.messages("r.1")] == ["r.1"]
+        assert [m.rollout_id for m in await store.messages("r.0")] == ["r.0"]
+        with pytest.raises(StoreNotOpen, match="already open"):
+            await store.open()
+    await store.close()  # twice is fine
+    assert store.state is StoreState.CLOSED
+    assert [(a, b) for a, b in STORE_TRANSITIONS.items() if StoreState.CLOSED in b] == [
+        (StoreState.OPENING, frozenset({StoreState.OPEN, StoreState.CLOSED})),
+        (StoreState.CLOSING, frozenset({StoreState.CLOSED})),
+    ]
+
+
+def test_a_store_whose_event_loop_ended_raises_on_commit_instead_of_hanging(
+    store_path: Path,
+) -> None:
+    """Opened under one `asyncio.run`, used under another: the first loop's end
+    took the writer with it, so a commit must fail fast, not wait forever."""
+    store = TraceStore(store_path)
+    asyncio.run(store.open())
+
+    async def later() -> str:
+        with anyio.fail_after(1):
+            try:
+                await store.commit()
+            except RuntimeError as exc:
+                return str(exc)
+            finally:
+                await store.close()
+        return "committed"
+
+    assert "writer task stopped" in asyncio.run(later())
+    assert store.state is StoreState.CLOSED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import aiohttp
 import anyio
 import orjson
 import structlog
+from yarl import URL
 
 from engine.environment import ToolSpec
 from engine.errors import ConfigError, NotRetryable, PolicyError
@@ -43,9 +45,11 @@ class Failure:
 class OpenAIPolicy(AsyncResource):
     """Chat completions from ``{base_url}/chat/completions``.
 
-    One pooled aiohttp session; at most ``max_in_flight`` requests at once;
+    One pooled aiohttp session (kept-alive connections, no cookie jar, bodies
+    encoded once with orjson); at most ``max_in_flight`` requests at once;
     connection errors, 429 and 5xx are retried ``retries`` times with jittered
-    exponential backoff; every try has a ``timeout`` deadline. Tool calls come
+    exponential backoff; every try has a ``timeout`` deadline (the session's
+    own, one timer a try). Tool calls come
     from the ``tool_calls`` field or, failing that, from Hermes ``<tool_call>``
     text. ``version`` is stamped on every completion (bump it after a weight reload).
     ``exact_tokens`` sends later turns as the exact token ids of the conversation so
@@ -81,8 +85,9 @@ class OpenAIPolicy(AsyncResource):
         self.version = version
         self.preflight_timeout = preflight_timeout
         self.max_in_flight = max_in_flight
-        self._limit = anyio.Semaphore(max_in_flight)
+        self._limit = asyncio.Semaphore(max_in_flight)  # no checkpoint when a permit is free
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, bool], URL] = {}
         self.requests = 0
         self.retried = 0
 
@@ -115,7 +120,8 @@ class OpenAIPolicy(AsyncResource):
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers=headers,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -260,15 +266,23 @@ class OpenAIPolicy(AsyncResource):
         data = await self._post("/tokenize", body, root=True)
         return [int(t) for t in data.get("tokens") or []]
 
+    def _url(self, path: str, root: bool) -> URL:
+        """The URL of a route, parsed once."""
+        url = self._urls.get((path, root))
+        if url is None:
+            url = self._urls[(path, root)] = URL((self.root_url if root else self.base_url) + path)
+        return url
+
     async def _post(self, path: str, body: dict[str, Any], *, root: bool = False) -> dict[str, Any]:
-        url = (self.root_url if root else self.base_url) + path
+        url = self._url(path, root)
+        data = _encoded(body)  # once, for every try
         last = "no attempt made"
         async with self._limit:
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.retried += 1
                     await anyio.sleep(self.retry_delay(attempt))
-                result = await self._try(url, body)
+                result = await self._try(url, data)
                 if not isinstance(result, Failure):
                     return result
                 last = result.reason
@@ -288,18 +302,18 @@ class OpenAIPolicy(AsyncResource):
         parsed JSON reply, or the `Failure` a retry may absorb. A refused request
         (4xx other than `RETRY_STATUSES`) raises `NotRetryable`."""
         async with self._limit:
-            return await self._try(self.base_url + path, body, headers)
+            return await self._try(self._url(path, False), _encoded(body), headers)
 
     async def _try(
-        self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+        self, url: URL, data: aiohttp.BytesPayload, headers: dict[str, str] | None = None
     ) -> dict[str, Any] | Failure:
         session = self._ensure_session()
         self.requests += 1
         try:
-            with anyio.fail_after(self.timeout):
-                async with session.post(url, json=body, headers=headers) as resp:
-                    raw = await resp.read()
-                    status = resp.status
+            # the session's timeout bounds the try, body read included: one timer a try
+            async with session.post(url, data=data, headers=headers) as resp:
+                raw = await resp.read()
+                status = resp.status
         except TimeoutError:
             return Failure(f"no reply within {self.timeout}s")
         except GONE as exc:
@@ -347,6 +361,11 @@ class OpenAIPolicy(AsyncResource):
         if not out:
             raise PolicyError(f"model server returned no choices: {str(data)[:300]}")
         return out
+
+
+def _encoded(body: dict[str, Any]) -> aiohttp.BytesPayload:
+    """A request body encoded once (orjson), as a payload aiohttp need not look up a type for."""
+    return aiohttp.BytesPayload(orjson.dumps(body), content_type="application/json")
 
 
 def _closing_logprobs(data: dict[str, Any], cont: Continuation) -> list[float] | None:

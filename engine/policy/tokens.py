@@ -48,9 +48,11 @@ _PROBE_REPLY = "y"
 
 def without_token_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The messages as a chat server takes them (the token annotation removed)."""
-    if not any(TOKEN_IDS_KEY in m for m in messages):
-        return messages
-    return [{k: v for k, v in m.items() if k != TOKEN_IDS_KEY} for m in messages]
+    # one pass: a message without the annotation is passed on as it is
+    return [
+        m if TOKEN_IDS_KEY not in m else {k: v for k, v in m.items() if k != TOKEN_IDS_KEY}
+        for m in messages
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,12 @@ from urllib.parse import urlencode
 
 import orjson
 
-from engine.messages import Category, Message
+from engine.messages import Message
 from engine.recording import TERMINAL
 from engine.view.charts import gantt_svg, throughput_svg
 from engine.view.queries import (
     STATES,
     GroupStat,
-    MessageRow,
     RolloutRow,
     RunRow,
     StoreReader,
@@ -411,7 +410,7 @@ async def chart_svg(q: StoreReader, run_id: str, name: str, now: float) -> str:
 class MessageView:
     """A message as the rollout page shows it: its payload plus timing and place."""
 
-    m: MessageRow
+    m: Message
     dt: float | None  # seconds since the message before it
     latency: float | None  # a reply since its request; a tool result since its call
     turn: int | None  # set on the message that opens a turn
@@ -436,27 +435,7 @@ def _abbreviate(value: Any) -> Any:
     return value
 
 
-def message_json(m: MessageRow, run_id: str, rollout_id: str) -> dict[str, Any]:
-    """A message as `engine.messages.Message.to_dict` writes it (and export_jsonl does)."""
-    return Message(
-        run_id,
-        rollout_id,
-        m.seq,
-        m.attempt,
-        m.sender,
-        m.receiver,
-        Category(m.category),
-        m.topic,
-        m.payload,
-        m.headers,
-        m.priority,
-        m.created_at,
-    ).to_dict()
-
-
-def message_views(
-    messages: Sequence[MessageRow], run_id: str, rollout_id: str, before: MessageRow | None = None
-) -> list[MessageView]:
+def message_views(messages: Sequence[Message], before: Message | None = None) -> list[MessageView]:
     """Timings and turn marks for a page of messages (``before``: the one preceding it)."""
     out: list[MessageView] = []
     prev = before
@@ -476,7 +455,7 @@ def message_views(
             started = calls.get(str(m.payload.get("call_id")))
             latency = m.created_at - started if started is not None else None
         raw = orjson.dumps(
-            _abbreviate(message_json(m, run_id, rollout_id)),
+            _abbreviate(m.to_dict()),
             option=orjson.OPT_INDENT_2,
             default=str,
         ).decode()
@@ -515,7 +494,7 @@ async def rollout_page(
     more = rows[page_size - 1].seq if len(rows) > page_size else None
     rows = rows[:page_size]
     before = await q.message(r.num, after) if after >= 0 else None
-    views = message_views(rows, r.run_id, r.id, before)
+    views = message_views(rows, before)
     group = await q.group(r.run_id, r.task_id)
     task = await q.task(r.run_id, r.task_id)
     truth = task.get("ground_truth") if (task is not None and show_answer) else None
@@ -567,6 +546,6 @@ async def rollout_page(
     if tail is not None:
         fresh = await q.messages(r.num, after=tail, limit=page_size)
         prev = await q.message(r.num, tail)
-        page.tail_messages = message_views(fresh, r.run_id, r.id, prev)
+        page.tail_messages = message_views(fresh, prev)
         page.tail = fresh[-1].seq if fresh else tail
     return page

@@ -22,10 +22,19 @@ import aiosqlite
 import orjson
 
 from engine.errors import ConfigError
+from engine.messages import Message
 from engine.recording import TERMINAL, RolloutState
+from engine.records import (
+    MESSAGE_COLUMNS,
+    AttemptRecord,
+    RolloutRecord,
+    RunRecord,
+    columns,
+    from_row,
+    message_from_row,
+)
 from engine.resources import AsyncResource
 from engine.schema import SCHEMA_VERSION
-from engine.store import AttemptRecord, RolloutRecord, RunRecord
 
 SCORED_STATES = ("done", "failed", "timed_out")
 """States counted in pass@k's n, as `engine.api.Run.pass_at_k` counts them."""
@@ -103,20 +112,6 @@ class RolloutRow(RolloutRecord):
 
 
 @dataclass(slots=True)
-class MessageRow:
-    seq: int
-    attempt: int
-    sender: str
-    receiver: str
-    category: str
-    topic: str
-    priority: int
-    headers: dict[str, Any]
-    payload: dict[str, Any]
-    created_at: float
-
-
-@dataclass(slots=True)
 class RolloutTotals:
     messages: int
     model_replies: int
@@ -126,10 +121,9 @@ class RolloutTotals:
     last_seq: int | None
 
 
-_ROLLOUT_COLS = (
-    "num, id, run_id, task_id, sample_index, attempt, state, reward, answer, error, turns,"
-    " created_at, started_at, finished_at, backend, worker, policy_version"
-)
+_ROLLOUT_COLS = columns(RolloutRow)
+_RUN_COLS = columns(RunRow)
+_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages m JOIN rollouts r ON r.num = m.rollout_num"
 _DIGITS = re.compile(r"\d+")
 
 
@@ -225,35 +219,21 @@ class StoreReader(AsyncResource):
 
     # ---- runs ------------------------------------------------------------
 
-    @staticmethod
-    def _run(r: sqlite3.Row) -> RunRow:
-        return RunRow(
-            id=r["id"],
-            created_at=r["created_at"],
-            finished_at=r["finished_at"],
-            status=r["status"],
-            code_version=r["code_version"],
-            config=orjson.loads(r["config"]),
-        )
-
     async def runs(
         self, *, before: tuple[float, str] | None = None, limit: int = 50
     ) -> list[RunRow]:
         """Runs, newest first, ``limit`` at a time (keyset: ``(created_at, id) < before``)."""
         cursor = before if before is not None else (float("inf"), "")
         rows = await self._rows(
-            "SELECT id, created_at, finished_at, status, code_version, config FROM runs"
+            f"SELECT {_RUN_COLS} FROM runs"
             " WHERE (created_at, id) < (?, ?) ORDER BY created_at DESC, id DESC LIMIT ?",
             (*cursor, limit),
         )
-        return [self._run(r) for r in rows]
+        return [RunRow.from_row(r) for r in rows]
 
     async def run(self, run_id: str) -> RunRow | None:
-        rows = await self._rows(
-            "SELECT id, created_at, finished_at, status, code_version, config FROM runs WHERE id=?",
-            (run_id,),
-        )
-        return self._run(rows[0]) if rows else None
+        rows = await self._rows(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (run_id,))
+        return RunRow.from_row(rows[0]) if rows else None
 
     async def run_ids(self, limit: int = 500) -> list[str]:
         """Run ids, newest first (for choosing a run to compare with)."""
@@ -329,7 +309,7 @@ class StoreReader(AsyncResource):
             " ORDER BY sample_index LIMIT ?",
             (run_id, task_id, limit),
         )
-        return [RolloutRow(**dict(r)) for r in rows]
+        return [from_row(RolloutRow, r) for r in rows]
 
     # ---- faults ------------------------------------------------------------
 
@@ -445,53 +425,33 @@ class StoreReader(AsyncResource):
             sql += " AND task_id=?"
             params.append(task_id)
         rows = await self._rows(sql + f" ORDER BY {key} LIMIT ?", (*params, limit))
-        return [RolloutRow(**dict(r)) for r in rows]
+        return [from_row(RolloutRow, r) for r in rows]
 
     async def rollout(self, rollout_id: str) -> RolloutRow | None:
         rows = await self._rows(f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE id=?", (rollout_id,))
-        return RolloutRow(**dict(rows[0])) if rows else None
+        return from_row(RolloutRow, rows[0]) if rows else None
 
     async def attempts(self, rollout_id: str) -> list[AttemptRecord]:
         rows = await self._rows(
-            "SELECT rollout_id, attempt, state, error, worker, started_at, finished_at"
-            " FROM attempts WHERE rollout_id=? ORDER BY attempt",
+            f"SELECT {columns(AttemptRecord)} FROM attempts WHERE rollout_id=? ORDER BY attempt",
             (rollout_id,),
         )
-        return [AttemptRecord(**dict(r)) for r in rows]
+        return [from_row(AttemptRecord, r) for r in rows]
 
     async def messages(
         self, rollout_num: int, *, after: int = -1, limit: int = 500
-    ) -> list[MessageRow]:
+    ) -> list[Message]:
         """A page of a rollout's messages in order (keyset: ``seq > after``)."""
         rows = await self._rows(
-            "SELECT seq, attempt, sender, receiver, category, topic, priority, headers, payload,"
-            " created_at FROM messages WHERE rollout_num=? AND seq > ? ORDER BY seq LIMIT ?",
+            f"{_MESSAGES} WHERE m.rollout_num=? AND m.seq > ? ORDER BY m.seq LIMIT ?",
             (rollout_num, after, limit),
         )
-        return [self._message(r) for r in rows]
+        return [message_from_row(r) for r in rows]
 
-    async def message(self, rollout_num: int, seq: int) -> MessageRow | None:
-        rows = await self._rows(
-            "SELECT seq, attempt, sender, receiver, category, topic, priority, headers, payload,"
-            " created_at FROM messages WHERE rollout_num=? AND seq=?",
-            (rollout_num, seq),
-        )
-        return self._message(rows[0]) if rows else None
-
-    @staticmethod
-    def _message(r: sqlite3.Row) -> MessageRow:
-        return MessageRow(
-            seq=r["seq"],
-            attempt=r["attempt"],
-            sender=r["sender"],
-            receiver=r["receiver"],
-            category=r["category"],
-            topic=r["topic"],
-            priority=r["priority"],
-            headers=orjson.loads(r["headers"]) if r["headers"] else {},
-            payload=orjson.loads(r["payload"]),
-            created_at=r["created_at"],
-        )
+    async def message(self, rollout_num: int, seq: int) -> Message | None:
+        sql = f"{_MESSAGES} WHERE m.rollout_num=? AND m.seq=?"
+        rows = await self._rows(sql, (rollout_num, seq))
+        return message_from_row(rows[0]) if rows else None
 
     async def rollout_totals(self, rollout_num: int) -> RolloutTotals:
         """Message and token counts of one rollout (all attempts)."""

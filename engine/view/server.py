@@ -37,7 +37,6 @@ from engine.view.pages import (
     chart_svg,
     compare_page,
     groups_page,
-    message_json,
     rollout_page,
     rollouts_page,
     run_page,
@@ -301,7 +300,7 @@ class Viewer(AsyncResource):
             m = await self.reader.message(r.num, seq) if r is not None else None
         if r is None or m is None:
             raise NotFound(f"no message {seq} in rollout {rollout_id!r}")
-        body = message_json(m, r.run_id, r.id)
+        body = m.to_dict()
         return web.Response(
             body=orjson.dumps(body, option=orjson.OPT_INDENT_2), content_type="application/json"
         )

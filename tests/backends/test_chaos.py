@@ -98,7 +98,9 @@ async def check_nothing_lost(engine: Engine, run_id: str, killed: list[str],
         assert sum(m.category == "error" for m in msgs) == r.attempt - 1
         total += len(msgs)
     assert await engine.store.count_messages(run_id) == total
-    assert backend.deaths >= len(killed) > 0
+    # each worker we killed was seen dead (a victim killed twice before its death was
+    # noticed, which a zombie's pid allows, counts once)
+    assert backend.deaths >= len(set(killed)) > 0
     return errors
 
 
@@ -165,7 +167,9 @@ async def test_chaos_on_a_ray_cluster(make_engine: EngineFactory, ray_cluster: A
     joining: list[threading.Thread] = []
 
     async def kill_one() -> str | None:
-        live = [w for w in backend.workers.values() if isinstance(w, ActorWorker)]
+        # live and not killed already (a killed actor stays in the pool until its death is seen)
+        live = [w for w in backend.workers.values()
+                if isinstance(w, ActorWorker) and f"/actor-{w.actor_id[:8]}/" not in killed]
         if len(killed) >= 3 and not nodes_killed and live:  # then once: a node, and all on it
             node = next(n for n in ray_cluster.nodes if n.node_id == live[0].node_id)
             await anyio.to_thread.run_sync(ray_cluster.kill_node, node)

@@ -215,10 +215,78 @@ async def test_the_client_maps_faults_to_engine_errors(tmp_path: Path) -> None:
                     with pytest.raises(EnvironmentLost, match="missed a deadline"):
                         await env.step(ToolCall("c", "hang", "{}", {}))
                 tg.start_soon(stuck)
-                await eventually(lambda: bool(worker._scopes), 10, "the call in flight")
+                await eventually(lambda: worker.in_flight > 0, 10, "the call in flight")
                 worker.mark_dead("missed a deadline")
             w.proc.kill()
             w.proc.wait()
             fresh = WorkerHandle("w0", w.url, w.token, s, 1)
             with pytest.raises(WorkerUnreachable, match="w0 lost"):
                 await fresh.create(EnvSpec("probe"))
+
+
+async def test_the_channel_carries_the_calls_as_frames_many_in_flight(tmp_path: Path) -> None:
+    """The WebSocket lane answers exactly what the HTTP routes answer, a slow tool
+    holds up no other call, and a frame that is not the protocol gets a 400."""
+    with worker_process(tmp_path, "--slots", "2") as w:
+        async with aiohttp.ClientSession() as s, s.ws_connect(w.url + "/channel",
+                                                              headers=w.auth) as ws:
+            async def ask(frame: dict[str, Any]) -> dict[str, Any]:
+                await ws.send_bytes(json.dumps(frame).encode())
+                return dict(json.loads((await ws.receive()).data))
+
+            made = await ask({"id": 1, "op": "create", "env": None,
+                              "body": {"spec": {"name": "probe"}}})
+            assert made["id"] == 1 and made["status"] == 200
+            env = made["body"]["env_id"]
+            reset = await ask({"id": 2, "op": "reset", "env": env, "body": {"task_view": view()}})
+            assert reset["status"] == 200 and reset["body"]["content"].startswith("What is 2+3?")
+            # a call that hangs holds up none sent after it (it ends with the channel)
+            await ws.send_bytes(json.dumps({"id": 3, "op": "step", "env": env,
+                                            "body": tool("hang")}).encode())
+            quick = await ask({"id": 4, "op": "step", "env": env,
+                               "body": tool("calculator", '{"expression": "6*7"}')})
+            assert (quick["id"], quick["status"], quick["body"]["content"]) == (4, 200, "42")
+            assert (await ask({"id": 5, "op": "step", "env": "nope", "body": tool("calculator")})
+                    )["status"] == 404
+            assert (await ask({"id": 6, "op": "launch", "env": env, "body": {}}))["status"] == 400
+            await ws.send_bytes(b"not json")
+            assert json.loads((await ws.receive()).data) == {"id": None, "status": 400, "body": {
+                "error": 'a frame is {"id", "op", "env", "body"}'}}
+            assert (await ask({"id": 7, "op": "delete", "env": env, "body": {}}))["status"] == 200
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await s.ws_connect(w.url + "/channel", headers={"Authorization": "Bearer no"})
+            assert refused.value.status == 401
+
+
+async def test_a_worker_without_the_channel_is_spoken_to_over_http(tmp_path: Path) -> None:
+    """A worker that serves only the HTTP routes (one written in another language, say)."""
+    from aiohttp import web
+
+    from backends.remote import WorkerHandle
+    from backends.worker import WorkerServer
+    from engine import EnvSpec, TaskView
+    from engine.policy.toolcalls import make_call
+
+    server = WorkerServer("tok", slots=1)
+    app = web.Application(middlewares=server.app.middlewares)
+    app.add_routes([web.post("/envs", server.create), web.post("/envs/{env_id}/reset",
+                    server.reset), web.post("/envs/{env_id}/step", server.step),
+                    web.delete("/envs/{env_id}", server.delete)])  # fmt: skip
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        async with aiohttp.ClientSession() as s:
+            worker = WorkerHandle("http-only", f"http://{host}:{port}", "tok", s, 1)
+            env = await worker.create(EnvSpec("probe"))
+            assert not worker.channel_supported
+            await env.reset(TaskView("t", "What is 6*7?"))
+            obs = await env.step(make_call("c", "calculator", {"expression": "6*7"}))
+            assert obs.content == "42"
+            await env.close()
+            assert server.host.health()["live"] == 0
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,285 @@
+"""``--http``: the engine against a real model server over real HTTP, at C in flight.
+
+A loopback OpenAI-compatible server (`engine.benchmark.openai_server`, its own
+processes) answers every chat completion after ``latency`` seconds, with a
+tool call on each turn but the last; the tool (``bench.sleep``) sleeps
+``tool_s`` seconds on the engine's loop. N rollouts of T turns run through the
+real engine (`Engine.run`, `OpenAIPolicy`, the in-process backend, the trace
+store recording every message) with C in flight. Every rollout is the same,
+so the ideal makespan is exact: ``ceil(N / C) × (T × latency + (T − 1) × tool_s)``;
+efficiency is that over the measured wall time. The engine's CPU (this
+process, the store's writer thread included) and the server's (its
+processes, apart) are reported per turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import registry
+from engine.agent import Agent
+from engine.api import Engine
+from engine.environment import EnvSpec, Observation, ToolCall, ToolSpec
+from engine.errors import ConfigError
+from engine.policy.base import SamplingParams
+from engine.policy.openai import OpenAIPolicy
+from engine.tasks import Task, TaskView
+
+from .openai_server import MODEL, TOOL
+
+ENV_NAME = "bench.sleep"
+ANSWER = "42"
+SYSTEM_PROMPT = (
+    "You are a patient agent. Call the sleep tool until you are told to stop, then answer "
+    "with the number only."
+)
+
+
+class SleepEnvironment:
+    """One tool, ``sleep``, that sleeps ``seconds`` on the engine's loop."""
+
+    tools: list[ToolSpec] = [
+        {
+            "type": "function",
+            "function": {
+                "name": TOOL,
+                "description": "sleep a while",
+                "parameters": {"type": "object", "properties": {"turn": {"type": "integer"}}},
+            },
+        }
+    ]
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds = seconds
+
+    async def reset(self, task: TaskView) -> Observation:
+        return Observation(task.prompt)
+
+    async def step(self, call: ToolCall) -> Observation:
+        await asyncio.sleep(self.seconds)
+        return Observation(f"slept {self.seconds}s (turn {(call.parsed or {}).get('turn')})")
+
+    async def close(self) -> None:
+        pass
+
+
+registry.register("environments", ENV_NAME, SleepEnvironment)
+
+
+@dataclass
+class HttpRun:
+    """One measurement: N rollouts of T turns at C in flight."""
+
+    in_flight: int
+    rollouts: int
+    turns: int
+    latency_s: float
+    tool_s: float
+    loop: str
+    wall_s: float
+    ideal_s: float
+    efficiency: float
+    engine_cpu_s: float
+    engine_cpu_per_turn_ms: float
+    engine_cpu_share: float  # of one core, over the wall time
+    server_cpu_s: float | None
+    server_cpu_per_turn_ms: float | None
+    requests: int
+    retried: int
+    messages: int
+    rows_written: int
+    states: dict[str, int]
+    load_before: float
+
+
+@dataclass(slots=True)
+class ServerProcess:
+    """The server's processes and where they listen."""
+
+    url: str
+    pids: list[int]
+
+    def cpu_s(self) -> float | None:
+        """User + system CPU of the server's processes so far (Linux /proc), else None."""
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+
+@contextlib.asynccontextmanager
+async def openai_server(
+    latency: float, turns: int, procs: int, reply_tokens: int = 24
+) -> AsyncIterator[ServerProcess]:
+    """Start the loopback server in its own processes; stop it on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.benchmark.openai_server", "--latency", str(latency),
+        "--turns", str(turns), "--procs", str(procs), "--reply-tokens", str(reply_tokens),
+        "--answer", ANSWER, "--parent-pid", str(os.getpid()),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(60):
+                line = await proc.stdout.readline()
+            ready = json.loads(line)
+        except (TimeoutError, ValueError) as exc:
+            raise ConfigError(
+                "--http",
+                f"the bench's model server did not start: {exc!r}",
+                "run `python -m engine.benchmark.openai_server` to see why",
+            ) from exc
+        yield ServerProcess(f"http://{ready['host']}:{ready['port']}/v1", list(ready["pids"]))
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def ideal_makespan(
+    rollouts: int, in_flight: int, turns: int, latency: float, tool_s: float
+) -> float:
+    """Identical rollouts, C at a time, nothing but the model's and the tool's time."""
+    return math.ceil(rollouts / in_flight) * (turns * latency + (turns - 1) * tool_s)
+
+
+def running_loop() -> str:
+    """``uvloop`` or ``asyncio``: the loop this coroutine runs on."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def raise_fd_limit(need: int) -> None:
+    """One socket per request in flight: lift the soft limit on open files toward the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, need)) if hard != resource.RLIM_INFINITY else max(soft, need)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+async def measure_http(
+    server: ServerProcess,
+    in_flight: int,
+    rollouts: int,
+    turns: int,
+    latency: float,
+    tool_s: float,
+    store_dir: Path,
+) -> HttpRun:
+    """N rollouts of T turns at C in flight through the real engine; one fresh store."""
+    raise_fd_limit(in_flight + 1024)
+    tasks = [Task(f"t{i}", f"Task #{i}: sleep {turns - 1} times, then answer.", ANSWER)
+             for i in range(rollouts)]  # fmt: skip
+    load = os.getloadavg()[0]
+    async with OpenAIPolicy(server.url, MODEL, max_in_flight=in_flight, timeout=120.0) as policy:
+        agent = Agent(
+            policy,
+            system_prompt=SYSTEM_PROMPT,
+            max_turns=turns,
+            sampling=SamplingParams(temperature=0.0, max_tokens=64, return_token_ids=True),
+        )
+        async with Engine(
+            store=store_dir / f"http-{in_flight}.db",
+            backend="inprocess",
+            max_rollouts=in_flight,
+            max_model_requests=in_flight,
+            progress=False,
+        ) as engine:
+            server0 = server.cpu_s()
+            cpu0 = time.process_time()
+            t0 = time.perf_counter()
+            run = await engine.run(
+                tasks, agent, environment=EnvSpec(ENV_NAME, {"seconds": tool_s}), scorer="exact"
+            )
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
+            server1 = server.cpu_s()
+            await engine.store.commit()
+            states = await run.counts()
+            messages = await engine.store.count_messages(run.id)
+            rows = engine.store.rows_written
+    ideal = ideal_makespan(rollouts, in_flight, turns, latency, tool_s)
+    n_turns = rollouts * turns
+    server_cpu = server1 - server0 if server0 is not None and server1 is not None else None
+    return HttpRun(
+        in_flight=in_flight,
+        rollouts=rollouts,
+        turns=turns,
+        latency_s=latency,
+        tool_s=tool_s,
+        loop=running_loop(),
+        wall_s=wall,
+        ideal_s=ideal,
+        efficiency=ideal / wall,
+        engine_cpu_s=cpu,
+        engine_cpu_per_turn_ms=cpu / n_turns * 1e3,
+        engine_cpu_share=cpu / wall,
+        server_cpu_s=server_cpu,
+        server_cpu_per_turn_ms=server_cpu / n_turns * 1e3 if server_cpu is not None else None,
+        requests=policy.requests,
+        retried=policy.retried,
+        messages=messages,
+        rows_written=rows,
+        states=states,
+        load_before=load,
+    )
+
+
+def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
+    first = runs[0]
+    lines = [
+        "# HTTP: the engine against a loopback OpenAI-compatible server",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Each rollout: {first.turns} model calls (server latency {first.latency_s * 1e3:g} ms, "
+        f"shaped as vLLM's with `return_token_ids`) and {first.turns - 1} tool calls (an "
+        f"in-process tool that sleeps {first.tool_s * 1e3:g} ms); the trace store records every "
+        f"message. Server: {procs} process(es) of `engine.benchmark.openai_server`, its CPU "
+        "counted apart. Ideal makespan = ceil(N / C) × (T × latency + (T − 1) × tool).",
+        "",
+        "| in flight | rollouts | turns | loop | wall s | ideal s | efficiency | engine CPU/turn "
+        "| engine CPU (cores) | server CPU/turn | messages | load before |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        per = r.server_cpu_per_turn_ms
+        server = f"{per:.3f} ms" if per is not None else "—"
+        lines.append(
+            f"| {r.in_flight:,} | {r.rollouts:,} | {r.turns} | {r.loop} | {r.wall_s:,.1f} | "
+            f"{r.ideal_s:,.1f} | {r.efficiency:.3f} | {r.engine_cpu_per_turn_ms:.3f} ms | "
+            f"{r.engine_cpu_share:.2f} | {server} | {r.messages:,} | {r.load_before:.1f} |"
+        )
+    lines += [
+        "",
+        "Engine CPU/turn = this process's CPU time (event loop, HTTP client, store writer "
+        "thread) ÷ (rollouts × turns); engine CPU (cores) = that CPU ÷ wall time. The machine's "
+        "load average before each run is shown: other jobs share its cores.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def results_json(command: str, runs: list[HttpRun]) -> dict[str, Any]:
+    return {"command": command, "runs": [asdict(r) for r in runs]}
