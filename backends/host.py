@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from engine.backend import build_environment
 from engine.environment import (
@@ -43,6 +43,8 @@ from engine.environment import (
 from engine.errors import ConfigError
 from engine.rollout import ENVIRONMENT_FAULTS
 from engine.tasks import TaskView
+
+T = TypeVar("T")
 
 BUSY, CONFIG, UNKNOWN = "busy", "config", "unknown"
 FAILED, LOST, TIMEOUT = "failed", "lost", "timeout"
@@ -117,13 +119,9 @@ class EnvHost:
     async def reset(self, env_id: str, view: TaskView) -> Observation:
         hosted = self._get(env_id)
         try:
-            return await self._bounded(hosted.env.reset(view))
-        except TimeoutError as exc:
-            raise HostError(TIMEOUT, f"reset did not finish within {self.call_timeout}s") from exc
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            raise HostError(LOST, f"environment lost: {type(exc).__name__}: {exc}") from exc
+            return _observation(await self._bounded(hosted.env.reset(view)))
         except Exception as exc:
-            raise HostError(FAILED, f"reset raised {type(exc).__name__}: {exc}") from exc
+            raise self._fault("reset", exc) from exc
 
     def tools(self, env_id: str) -> list[ToolSpec]:
         """An environment's tools now (a reset may change them: BFCL's depend on the task)."""
@@ -139,18 +137,10 @@ class EnvHost:
         if not responds(hosted.env):
             raise HostError(CONFIG, f"environment '{hosted.spec.name}' has no respond")
         env = cast(Responsive, hosted.env)
-        self.calls += 1
         try:
-            async with asyncio.timeout(self.call_timeout):
-                obs = await env.respond(reply)
-        except TimeoutError as exc:
-            raise HostError(TIMEOUT, f"respond did not finish within {self.call_timeout}s") from exc
-        except ENVIRONMENT_FAULTS as exc:  # the environment is gone: the engine retries
-            raise HostError(LOST, f"environment lost: {type(exc).__name__}: {exc}") from exc
+            obs = await self._bounded(env.respond(reply))
         except Exception as exc:
-            raise HostError(FAILED, f"respond raised {type(exc).__name__}: {exc}") from exc
-        finally:
-            self.calls -= 1
+            raise self._fault("respond", exc) from exc
         if obs is not None and not isinstance(obs, Observation):
             raise HostError(FAILED, f"respond returned {type(obs).__name__}, not an Observation")
         return obs
@@ -161,7 +151,7 @@ class EnvHost:
         if call.error is not None:  # a malformed call never reaches the environment
             return Observation.error(call.error)
         try:
-            return await self._bounded(hosted.env.step(call))
+            return _observation(await self._bounded(hosted.env.step(call)))
         except TimeoutError:
             return Observation.error(
                 f"tool {call.name} did not finish within {self.call_timeout}s")
@@ -196,16 +186,22 @@ class EnvHost:
             raise HostError(UNKNOWN, f"no environment {env_id}")
         return hosted
 
-    async def _bounded(self, awaitable: Awaitable[Observation]) -> Observation:
+    async def _bounded(self, awaitable: Awaitable[T]) -> T:
+        """One environment call, counted in ``calls`` and held to ``call_timeout``."""
         self.calls += 1
         try:
             async with asyncio.timeout(self.call_timeout):  # a timer, not a task, per call
-                obs = await awaitable
+                return await awaitable
         finally:  # done, failed, or cancelled (the engine gave up on it)
             self.calls -= 1
-        if not isinstance(obs, Observation):
-            raise TypeError(f"environment returned {type(obs).__name__}, not an Observation")
-        return obs
+
+    def _fault(self, what: str, exc: Exception) -> HostError:
+        """What a failed reset or respond answers: timed out, environment lost, or failed."""
+        if isinstance(exc, TimeoutError):
+            return HostError(TIMEOUT, f"{what} did not finish within {self.call_timeout}s")
+        if isinstance(exc, ENVIRONMENT_FAULTS):  # the environment is gone: the engine retries
+            return HostError(LOST, f"environment lost: {type(exc).__name__}: {exc}")
+        return HostError(FAILED, f"{what} raised {type(exc).__name__}: {exc}")
 
     async def _close(self, hosted: Hosted) -> None:
         try:
@@ -216,3 +212,9 @@ class EnvHost:
     def _check_empty(self) -> None:
         if not self.envs and not self._reserved:
             self._empty.set()
+
+
+def _observation(obs: object) -> Observation:
+    if not isinstance(obs, Observation):
+        raise TypeError(f"environment returned {type(obs).__name__}, not an Observation")
+    return obs
