@@ -52,6 +52,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--webrtc-ip-handling-policy=disable_non_proxied_udp"]
 _SHOT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+_INTERRUPTED = re.compile(r'Navigation to "(?P<asked>[^"]*)" is interrupted by another '
+                          r'navigation to "(?P<other>[^"]*)"')
+_SETTLE_ATTEMPTS = 5
 
 
 def _tool(name: str, description: str, props: dict[str, Any] | None = None,
@@ -309,18 +312,28 @@ class BrowserToolbox(ToolboxBase):
         return await self._describe()
 
     async def _goto_settled(self, url: str) -> None:
-        """``page.goto``, tried again when a navigation the guard aborted before is
-        still settling in Chromium (its error page or blank page then interrupts
-        this one)."""
+        """``page.goto`` that outlasts navigations still settling in Chromium.
+
+        A navigation the guard aborted or Playwright reported as interrupted is
+        not cancelled in Chromium: it may still commit (an error page, a blank
+        page, the same URL asked for again) and interrupt the next ``goto``. When
+        the interrupting navigation goes where this one was asked to, the page
+        gets there: wait for it to load and take it. Otherwise let it load and
+        ask again. Every request is routed through the guard either way."""
         from playwright.async_api import Error as PlaywrightError
 
-        for attempt in range(3):
+        for attempt in range(_SETTLE_ATTEMPTS):
             try:
                 await self._page.goto(url, wait_until="load")
                 return
             except PlaywrightError as exc:
-                if "interrupted by another navigation" not in str(exc) or attempt == 2:
+                interrupted = _INTERRUPTED.search(str(exc))
+                if interrupted is None or attempt == _SETTLE_ATTEMPTS - 1:
                     raise
+                with contextlib.suppress(PlaywrightError):
+                    await self._page.wait_for_load_state("load")
+                if interrupted["asked"] == interrupted["other"] == self._page.url:
+                    return
 
     def _at_allowed_url(self) -> bool:
         url = self._page.url

@@ -161,8 +161,8 @@ async def test_every_redirect_and_script_navigation_is_checked(
     assert model_server.hits == [], model_server.hits
     assert all(SECRET not in r["content"] for r in h.results), h.results
     assert h.results[0]["is_error"] and h.results[1]["is_error"]
-    assert not h.results[2]["is_error"] and "welcome home" in h.results[2]["content"]
-    assert "welcome home" in h.results[-1]["content"]
+    assert not h.results[2]["is_error"] and "welcome home" in h.results[2]["content"], h.results[2]
+    assert "welcome home" in h.results[-1]["content"], h.results[-1]
     for r in h.results:
         for line in r["content"].splitlines():
             if line.startswith("URL: "):
