@@ -148,6 +148,12 @@ class SubprocessBackend(PooledBackend):
         """PIDs of the worker processes now running."""
         return [pid for pid, p in self.processes.items() if p.returncode is None]
 
+    @property
+    def log_path(self) -> Path | None:
+        """The workers' log (every worker's stderr, and its stdout after the ready
+        line) while the pool runs; it goes with the pool's folder on close."""
+        return None if self._dir is None else self._dir / "workers.log"
+
     # ---- start / close ---------------------------------------------------
 
     async def start(self) -> None:
@@ -209,7 +215,7 @@ class SubprocessBackend(PooledBackend):
         cmd = [self.python, "-m", module, "--host", LOOPBACK, "--port", "0",
                "--slots", str(self.slots_per_worker), "--token-file", str(self._dir / "token"),
                "--call-timeout", str(self.call_timeout), "--drain-timeout",
-               str(self.stop_timeout), "--parent-pid", str(os.getpid())]
+               str(self.stop_timeout), "--parent-pid", str(os.getpid()), "--stdout-to-stderr"]
         for plugin in self.plugins:
             cmd += ["--plugin", plugin]
         return cmd
@@ -273,7 +279,13 @@ class SubprocessBackend(PooledBackend):
         assert zygote.stdout is not None
         try:
             while line := await zygote.stdout.readline():
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = None
+                if not isinstance(event, dict):  # a plug-in printing: not ours, not fatal
+                    log.warning("fork_server_output_not_an_event", line=line[:200])
+                    continue
                 if event.get("event") == "ready":
                     future = self._ready.pop(str(event.get("tag")), None)
                     if future is not None and not future.done():

@@ -70,7 +70,8 @@ class CpuEnvironment:
 
 
 class ProbeEnvironment(ArithmeticEnvironment):
-    """The calculator, plus ``hang``, ``boom``, ``crash``, ``lost``, ``missing`` and ``whoami``."""
+    """The calculator, plus ``hang``, ``boom``, ``crash``, ``lost``, ``missing``, ``whoami``
+    and ``shout``."""
 
     def __init__(self, tool_delay: float = 0.0) -> None:
         super().__init__(tool_delay)
@@ -82,7 +83,8 @@ class ProbeEnvironment(ArithmeticEnvironment):
                 _tool("crash", "Ends the hosting process."),
                 _tool("lost", "Says the environment is gone (EnvironmentLost)."),
                 _tool("missing", "Opens a file that is not there."),
-                _tool("whoami", "Who hosts me.")]
+                _tool("whoami", "Who hosts me."),
+                _tool("shout", "Prints to stdout, as chatty libraries do.")]
 
     async def reset(self, task: TaskView) -> Observation:
         self.view = task
@@ -99,6 +101,10 @@ class ProbeEnvironment(ArithmeticEnvironment):
             raise EnvironmentLost("probe: the environment's browser died")
         if call.name == "missing":
             raise FileNotFoundError("no such file: data.csv")
+        if call.name == "shout":
+            print("loading weights... 100%\n" * 20_000, flush=True)  # more than a pipe holds
+            print('{"progress": 1.0}', end="", flush=True)  # JSON, and no newline
+            return Observation("shouted")
         if call.name == "whoami":
             view = self.view.to_dict() if self.view else None
             return Observation(json.dumps({"pid": os.getpid(), "view": view}))

@@ -231,7 +231,12 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     line = json.dumps(event)
     if args.ready_file:
         _write_atomically(Path(args.ready_file), line + "\n")
-    print(line, flush=True)
+    sys.stdout.flush()  # then the line in one write (`print` under PYTHONUNBUFFERED
+    # writes a line and its newline apart), to the fork server's event pipe in its children
+    events_fd = getattr(args, "events_fd", None)
+    os.write(events_fd or sys.stdout.fileno(), (line + "\n").encode())
+    if args.stdout_to_stderr and events_fd is None:
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -278,6 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plugin", action="append", default=[],
                    help="module to import first (it registers environments); repeatable")
     p.add_argument("--ready-file", help="also write the ready line to this file")
+    p.add_argument("--stdout-to-stderr", action="store_true",
+                   help="after the ready line, send stdout where stderr goes (a parent "
+                        "that reads only the ready line then need not drain the pipe)")
     p.add_argument("--parent-pid", type=int, default=0,
                    help="exit when this process is no longer our parent")
     args = p.parse_args(argv)

@@ -6,7 +6,8 @@ Starting ``python -m backends.worker`` costs about a second of CPU (the
 interpreter, aiohttp, the engine, the plug-ins). The subprocess pool replaces
 dead workers through this process instead: it imports all of that once, then
 for each ``spawn <tag>`` line on stdin forks a child that serves the worker
-protocol and prints ``{"event": "ready", "tag": ..., "port": ..., "pid": ...}``.
+protocol and prints ``{"event": "ready", "tag": ..., "port": ..., "pid": ...}``
+(a child's stdout is the log: only the ready line reaches the event pipe).
 It reaps its children and reports ``{"event": "exit", "pid": ..., "code": ...}``.
 On stdin EOF or SIGTERM it stops every child (SIGTERM, then SIGKILL) and
 exits; children exit on their own when the zygote dies, and the zygote when
@@ -43,8 +44,11 @@ def _child(args: argparse.Namespace, token: str, tag: str, fds: list[int]) -> No
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    events = os.dup(1)  # the event pipe, for the ready line only; what the worker's
+    os.dup2(2, 1)  # environments print goes to the log with its stderr
     child_args = copy.copy(args)
     child_args.tag, child_args.parent_pid, child_args.plugin = tag, os.getppid(), []
+    child_args.events_fd = events
     code = 0
     try:
         eventloop.run(serve(child_args, token))

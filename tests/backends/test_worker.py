@@ -46,7 +46,7 @@ async def test_protocol_round_trip(tmp_path: Path) -> None:
             env = created["env_id"]
             names = [t["function"]["name"] for t in created["tools"]]
             assert names == ["calculator", "hang", "boom", "crash", "lost", "missing",
-                             "whoami"]
+                             "whoami", "shout"]
             status, obs = await call(s, w, "POST", f"/envs/{env}/reset", {"task_view": view()})
             assert status == 200 and obs["content"].startswith("What is 2+3?")
             status, obs = await call(s, w, "POST", f"/envs/{env}/step",
