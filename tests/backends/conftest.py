@@ -4,13 +4,14 @@ kubernetes / ray."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,17 @@ from tests.backends.fake_k8s import REPO, FakeCluster
 BACKENDS = ("inprocess", "subprocess", "kubernetes", "ray")
 
 
-async def eventually(condition: Callable[[], bool], deadline: float = 10.0,
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], deadline: float = 10.0,
                      what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``deadline`` seconds."""
+    """Poll ``condition`` (a function, or a coroutine function) until it holds;
+    fail after ``deadline`` seconds."""
     end = time.monotonic() + deadline
-    while not condition():
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         if time.monotonic() > end:
             raise AssertionError(f"{what} did not hold within {deadline}s")
         await anyio.sleep(0.01)

@@ -107,9 +107,11 @@ async def test_environments_are_released_when_a_run_is_cancelled(
                 await engine.run(arithmetic_tasks(4), Agent(hang), environment="probe",
                                  scorer="arithmetic", run_id="r")
             tg.start_soon(run)
-            await eventually(lambda: sum(w.used for w in backend.workers.values()) == 4, 20,
-                             "every slot leased")
-            assert await live() == 4
+            async def all_live() -> bool:  # leased first, then made in the worker
+                return await live() == 4
+
+            await eventually(all_live, 20, "every slot's environment live in its worker")
+            assert sum(w.used for w in backend.workers.values()) == 4
             tg.cancel_scope.cancel()
         assert await live() == 0  # every environment closed in the workers, none leaked
         assert await engine.open_run("r").counts() == {"cancelled": 4}
