@@ -378,24 +378,33 @@ async def test_concurrency_limits_hold(make_engine: EngineFactory) -> None:
 
 
 async def test_cancelling_a_run_then_resuming_finishes_it_once(make_engine: EngineFactory) -> None:
-    gate = anyio.Event()
+    gate, all_waiting = anyio.Event(), anyio.Event()
+    waiting = {"n": 0}
 
     async def handler(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
         if not gate.is_set():
+            waiting["n"] += 1
+            if waiting["n"] == 8:  # every rollout is generating: cancel the run now
+                all_waiting.set()
             await anyio.sleep_forever()
         return calculator_then_answer().handler(messages, tools)
 
     tasks = arithmetic_tasks(4)
     async with make_engine() as engine:
-        with anyio.move_on_after(0.3):
-            await engine.run(
-                tasks,
-                Agent(ScriptedPolicy(handler)),
-                environment="arithmetic",
-                samples=2,
-                scorer="arithmetic",
-                run_id="r1",
-            )
+        async with anyio.create_task_group() as tg:
+            async def run_it() -> None:
+                await engine.run(
+                    tasks,
+                    Agent(ScriptedPolicy(handler)),
+                    environment="arithmetic",
+                    samples=2,
+                    scorer="arithmetic",
+                    run_id="r1",
+                )
+
+            tg.start_soon(run_it)
+            await all_waiting.wait()
+            tg.cancel_scope.cancel()
         run = engine.open_run("r1")
         assert await run.counts() == {"cancelled": 8}
         assert (await engine.store.run("r1")).status == "interrupted"

@@ -257,7 +257,9 @@ async def test_a_lost_node_takes_its_actors_and_the_attempts_go_elsewhere(
             assert error.startswith(f"EnvironmentLost: worker {lost.name} lost: Actor")
             assert f"actor-{lost.actor_id[:8]}/" in error and f"@node-{lost.node_id[:8]}" in error
             assert lost.node_id[:8] not in (attempts[1].worker or "")
-            assert len(backend.workers) == 2  # the replacements wait for room ...
+            # both actors of the lost node seen dead (the one not hosting the rollout by
+            # its own death notice); the replacements wait for room ...
+            await eventually(lambda: len(backend.workers) == 2, 30, "the node's actors dead")
             new = await anyio.to_thread.run_sync(ray_cluster.add_node)
             await eventually(lambda: len(backend.workers) == 4, 60, "replacements placed")
             assert [w.node_id for w in actors(backend)].count(new.node_id) == 2  # ... there
