@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from engine import prompt_ids
 from engine.environment import Environment, Observation, ToolCall, ToolSpec
 from engine.errors import InfraError
 from engine.messages import Category
@@ -320,16 +321,16 @@ def _delta(
 
 def _check_extension(speaker: _Speaker, choices: list[Completion]) -> dict[str, Any]:
     """Whether this call's prompt tokens extend the agent's previous call (see
-    `engine.trajectory.continuation`); remembers this call's sequences."""
+    `engine.trajectory.continuation`), and then only the ids after it as the
+    recorded prompt (`engine.prompt_ids`); remembers this call's sequences."""
     out: dict[str, Any] = {}
     prompt = choices[0].prompt_token_ids
     if prompt is not None and speaker.sequences:
-        out["continues"] = continuation(speaker.sequences, prompt).to_dict()
-    speaker.sequences = [
-        [*c.prompt_token_ids, *c.token_ids]
-        for c in choices
-        if c.prompt_token_ids is not None and c.token_ids is not None
-    ]
+        cont = continuation(speaker.sequences, prompt)
+        out["continues"] = cont.to_dict()
+        if cont.extends and cont.choice is not None:
+            out.update(prompt_ids.tail(speaker.sequences[cont.choice], prompt))
+    speaker.sequences = prompt_ids.sequences(prompt, [c.token_ids for c in choices])
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from engine import prompt_ids
 from engine.errors import ConfigError, StoreNotOpen
 from engine.messages import Message
 from engine.records import (
@@ -465,7 +466,8 @@ class TraceStore:
         return [from_row(AttemptRecord, r) for r in rows]
 
     async def messages(self, rollout_id: str, category: str | None = None) -> list[Message]:
-        """A rollout's messages in order (all attempts)."""
+        """A rollout's messages in order (all attempts); model replies with their
+        whole prompt token ids (recorded once: `engine.prompt_ids`)."""
         sql = (
             f"SELECT {MESSAGE_COLUMNS} FROM messages m"
             " JOIN rollouts r ON r.num = m.rollout_num WHERE r.id=?"
@@ -475,7 +477,7 @@ class TraceStore:
             sql += " AND m.category=?"
             params += (category,)
         rows = await self._fetch(sql + " ORDER BY m.seq", params)
-        return [message_from_row(r) for r in rows]
+        return prompt_ids.expand(message_from_row(r) for r in rows)
 
     async def next_seqs(self, run_id: str) -> dict[str, int]:
         """For every rollout of a run, the seq its next message gets."""
