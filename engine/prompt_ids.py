@@ -28,8 +28,9 @@ from engine.messages import Category, Message
 TAIL = "prompt_tail"
 
 
-def sequences(prompt: Sequence[int] | None, completions: Iterable[Sequence[int] | None]
-              ) -> list[list[int]]:
+def sequences(
+    prompt: Sequence[int] | None, completions: Iterable[Sequence[int] | None]
+) -> list[list[int]]:
     """Prompt + completion of each choice that has its ids (all choices of one
     call share the prompt): what the next call's prompt may extend."""
     if prompt is None:
@@ -39,7 +40,7 @@ def sequences(prompt: Sequence[int] | None, completions: Iterable[Sequence[int] 
 
 def tail(previous: Sequence[int], prompt: list[int]) -> dict[str, Any]:
     """The recorded form of ``prompt``, which starts with ``previous``."""
-    return {"prompt_token_ids": None, TAIL: prompt[len(previous):]}
+    return {"prompt_token_ids": None, TAIL: prompt[len(previous) :]}
 
 
 def expand(messages: Iterable[Message]) -> list[Message]:
