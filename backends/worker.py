@@ -231,12 +231,11 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     line = json.dumps(event)
     if args.ready_file:
         _write_atomically(Path(args.ready_file), line + "\n")
-    sys.stdout.flush()  # then the line in one write (`print` under PYTHONUNBUFFERED
-    # writes a line and its newline apart), to the fork server's event pipe in its children
-    events_fd = getattr(args, "events_fd", None)
-    os.write(events_fd or sys.stdout.fileno(), (line + "\n").encode())
-    if args.stdout_to_stderr and events_fd is None:
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    events = args.events_fd
+    if events is None:
+        sys.stdout.flush()
+        events = sys.stdout.fileno()
+    write_line(events, line)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -284,13 +283,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="module to import first (it registers environments); repeatable")
     p.add_argument("--ready-file", help="also write the ready line to this file")
     p.add_argument("--stdout-to-stderr", action="store_true",
-                   help="after the ready line, send stdout where stderr goes (a parent "
-                        "that reads only the ready line then need not drain the pipe)")
+                   help="send stdout where stderr goes; only the ready line goes to the "
+                        "original stdout (a parent that reads only that need not drain it)")
     p.add_argument("--parent-pid", type=int, default=0,
                    help="exit when this process is no longer our parent")
+    p.set_defaults(events_fd=None)  # where the ready line goes (None: stdout)
     args = p.parse_args(argv)
     args.plugin += [m for m in os.environ.get(PLUGINS_ENV, "").split(",") if m]
     return args
+
+
+def write_line(fd: int, line: str) -> None:
+    """``line`` and its newline in one write, so lines from several processes on
+    one pipe never interleave (``print`` under PYTHONUNBUFFERED writes them apart)."""
+    os.write(fd, (line + "\n").encode())
+
+
+def separate_stdout() -> int:
+    """Point stdout where stderr goes (the log) and return a new descriptor on the
+    stdout the parent reads, for event lines only: what environments and plug-ins
+    print then neither garbles the parent's events nor blocks on a pipe it no
+    longer drains."""
+    sys.stdout.flush()
+    events = os.dup(1)
+    os.dup2(2, 1)
+    return events
 
 
 def read_token(args: argparse.Namespace) -> str:
@@ -301,6 +318,8 @@ def read_token(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.stdout_to_stderr:  # before the plug-ins are imported: they may print too
+        args.events_fd = separate_stdout()
     token = read_token(args)
     if not token:
         sys.exit(f"worker: no token (pass --token-file or set {TOKEN_ENV})")

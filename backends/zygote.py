@@ -7,7 +7,7 @@ interpreter, aiohttp, the engine, the plug-ins). The subprocess pool replaces
 dead workers through this process instead: it imports all of that once, then
 for each ``spawn <tag>`` line on stdin forks a child that serves the worker
 protocol and prints ``{"event": "ready", "tag": ..., "port": ..., "pid": ...}``
-(a child's stdout is the log: only the ready line reaches the event pipe).
+(its stdout, and each child's, is the log: only events reach the event pipe).
 It reaps its children and reports ``{"event": "exit", "pid": ..., "code": ...}``.
 On stdin EOF or SIGTERM it stops every child (SIGTERM, then SIGKILL) and
 exits; children exit on their own when the zygote dies, and the zygote when
@@ -27,12 +27,14 @@ import signal
 import sys
 import time
 
-from backends.worker import parse_args, read_token, serve
+from backends.worker import parse_args, read_token, separate_stdout, serve, write_line
 from engine import eventloop
+
+_events = 1  # the event pipe: the stdout the engine reads (`main` keeps it apart)
 
 
 def _say(event: dict[str, object]) -> None:
-    os.write(1, (json.dumps(event) + "\n").encode())  # one write: lines never interleave
+    write_line(_events, json.dumps(event))
 
 
 def _child(args: argparse.Namespace, token: str, tag: str, fds: list[int]) -> None:
@@ -44,11 +46,9 @@ def _child(args: argparse.Namespace, token: str, tag: str, fds: list[int]) -> No
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    events = os.dup(1)  # the event pipe, for the ready line only; what the worker's
-    os.dup2(2, 1)  # environments print goes to the log with its stderr
     child_args = copy.copy(args)
     child_args.tag, child_args.parent_pid, child_args.plugin = tag, os.getppid(), []
-    child_args.events_fd = events
+    child_args.events_fd = _events  # its stdout, like ours, is the log
     code = 0
     try:
         eventloop.run(serve(child_args, token))
@@ -90,6 +90,8 @@ def _reap(children: set[int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _events
+    _events = separate_stdout()  # before the plug-ins are imported: they may print too
     args = parse_args(argv)
     token = read_token(args)
     if not token:

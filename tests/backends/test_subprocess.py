@@ -167,16 +167,17 @@ async def test_a_killed_fork_server_is_replaced_with_its_workers() -> None:
 @pytest.mark.parametrize("start_method", ["fork", "exec"])
 async def test_what_environments_print_goes_to_the_log(
         make_engine: EngineFactory, start_method: str) -> None:
-    """Environments that print (half a megabyte, a line without its newline)
-    neither block their worker on a pipe nobody reads nor garble the fork
-    server's events: workers still start and are replaced."""
+    """Plug-ins and environments that print (half a megabyte, a line without its
+    newline) neither block their worker on a pipe nobody reads nor garble the
+    startup and fork-server events: workers still start and are replaced."""
     def shout_then_answer(messages: list[dict[str, Any]], tools: list[Any]) -> Any:
         if messages[-1]["role"] == "tool":
             return "3"
         return {"tool_calls": [{"name": "shout", "arguments": {}}]}
 
     backend = pool(workers=2, slots_per_worker=2, health_interval=0.2,
-                   start_method=start_method)
+                   start_method=start_method,
+                   plugins=[PLUGIN, "tests.backends.chatty_plugin"])  # prints on import
     async with make_engine(backend=backend, step_timeout=30) as engine:
         run = await engine.run(arithmetic_tasks(4), Agent(ScriptedPolicy(shout_then_answer)),
                                environment="probe", scorer="arithmetic")
@@ -190,7 +191,8 @@ async def test_what_environments_print_goes_to_the_log(
         assert await run.counts() == {"done": 4}
         assert backend.deaths == 1
         assert backend.log_path is not None
-        assert "loading weights" in backend.log_path.read_text()
+        log = backend.log_path.read_text()
+        assert "loading weights" in log and "chatty plug-in" in log
     assert not any(pid_alive(p) for p in backend.spawned)
 
 
