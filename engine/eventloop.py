@@ -85,14 +85,15 @@ def tuned_gc(threshold: int | None = None) -> Iterator[None]:
     if not young or not gc.isenabled():
         yield
         return
-    before = gc.get_threshold()
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(young, *before[1:])
     try:
         yield
     finally:
         gc.set_threshold(*before)
-        gc.unfreeze()
+        if not frozen:  # an app's own freeze (before it forks) is all or nothing: keep it
+            gc.unfreeze()
 
 
 def run(main: Coroutine[Any, Any, T], loop: str | None = None) -> T:

@@ -272,6 +272,12 @@ def test_the_entry_points_collect_less_often_and_restore_the_collector(
     seen, freed = eventloop.run(inside(), "asyncio")
     assert seen == (eventloop.GC_THRESHOLD, *before[1:]) and freed
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    gc.freeze()  # an app froze its own objects (before forking): they stay frozen
+    try:
+        eventloop.run(inside(), "asyncio")
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
     monkeypatch.setenv(eventloop.GC_ENV, "0")  # CPython's defaults left as they are
     assert eventloop.run(inside(), "asyncio") == (before, True)
     monkeypatch.setenv(eventloop.GC_ENV, "lots")
