@@ -252,7 +252,13 @@ async def run_ingest(args: argparse.Namespace) -> None:
 
 
 async def run_http(args: argparse.Namespace) -> None:
-    from engine.benchmark.http import http_markdown, measure_http, openai_server, results_json
+    from engine.benchmark.http import (
+        http_markdown,
+        measure_floor,
+        measure_http,
+        openai_server,
+        results_json,
+    )
 
     runs = []
     turns, rollouts = args.turns, args.rollouts
@@ -261,8 +267,15 @@ async def run_http(args: argparse.Namespace) -> None:
             for n, c in enumerate(args.in_flight, 1):
                 console.print(f"[bold][{n}/{len(args.in_flight)}][/bold] {rollouts:,} rollouts "
                               f"× {turns} turns, {c:,} in flight")  # fmt: skip
+                floor = None
+                if args.control:
+                    floor = await measure_floor(server, c, rollouts, turns, args.latency,
+                                                args.tool_sleep)  # fmt: skip
+                    console.print(f"  floor (no engine): efficiency {floor.efficiency:.3f}, "
+                                  f"{floor.cpu_per_turn_ms:.3f} ms/turn")  # fmt: skip
                 r = await measure_http(server, c, rollouts, turns, args.latency,
                                        args.tool_sleep, Path(tmp))  # fmt: skip
+                r.control = floor
                 if r.states != {"done": rollouts}:
                     console.print(f"[yellow]not every rollout ended done: {r.states}[/yellow]")
                 console.print(f"  wall {r.wall_s:.1f} s (ideal {r.ideal_s:.1f} s), efficiency "
@@ -436,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--control",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also play the first slot count on bare asyncio workers with no engine, "
+        help="also play the first slot count on bare asyncio workers with no engine "
+        "(--http: each --in-flight through aiohttp alone, just before the engine's run), "
         "to separate the engine's cost from the machine's (on)",
     )
     g.add_argument(

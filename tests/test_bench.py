@@ -195,8 +195,26 @@ def test_http_mode_drives_real_http_and_accounts_for_every_turn(tmp_path: Path) 
         waves = -(-6 // run["in_flight"])
         assert run["ideal_s"] == pytest.approx(waves * (3 * 0.02 + 2 * 0.01))
         assert 0 < run["efficiency"] <= 1.0 and run["engine_cpu_per_turn_ms"] > 0
+        # the floor: the same conversations through aiohttp alone, each ended by the answer
+        floor = run["control"]
+        assert floor["in_flight"] == run["in_flight"]
+        assert floor["requests"] == 6 * 3 and floor["answered"] == 6
+        assert 0 < floor["efficiency"] <= 1.0 and floor["cpu_per_turn_ms"] > 0
+        assert run["over_floor"] == pytest.approx(
+            run["engine_cpu_per_turn_ms"] / floor["cpu_per_turn_ms"]
+        )
     assert one["messages"] == four["messages"]  # the same record whatever the concurrency
-    assert "| 4 | 6 | 3 |" in (tmp_path / "h.md").read_text()
+    md = (tmp_path / "h.md").read_text()
+    assert "| 4 | 6 | 3 |" in md and "## The floor" in md
+
+
+def test_http_mode_runs_without_the_floor_on_request(tmp_path: Path) -> None:
+    main(["--http", "--rollouts", "2", "--turns", "2", "--in-flight", "2", "--latency", "0.0",
+          "--tool-sleep", "0.0", "--server-procs", "1", "--no-control", "--out", str(tmp_path),
+          "--name", "h"])  # fmt: skip
+    (run,) = json.loads((tmp_path / "h.json").read_text())["runs"]
+    assert run["states"] == {"done": 2} and run["control"] is None and run["over_floor"] is None
+    assert "## The floor" not in (tmp_path / "h.md").read_text()
 
 
 async def _recorded_reply(tmp_path: Path) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from engine.policy.base import SamplingParams
 from engine.policy.openai import OpenAIPolicy
 from engine.tasks import Task, TaskView
 
+from .http_control import ControlRun, measure_control
 from .openai_server import MODEL, TOOL
 
 ENV_NAME = "bench.sleep"
@@ -101,6 +102,14 @@ class HttpRun:
     rows_written: int
     states: dict[str, int]
     load_before: float
+    control: ControlRun | None = None  # the same workload through aiohttp alone, just before
+
+    @property
+    def over_floor(self) -> float | None:
+        """Engine CPU per turn ÷ the control's: what the engine costs over the HTTP client."""
+        if self.control is None or self.control.cpu_per_turn_ms <= 0:
+            return None
+        return self.engine_cpu_per_turn_ms / self.control.cpu_per_turn_ms
 
 
 @dataclass(slots=True)
@@ -163,6 +172,17 @@ def ideal_makespan(
 ) -> float:
     """Identical rollouts, C at a time, nothing but the model's and the tool's time."""
     return math.ceil(rollouts / in_flight) * (turns * latency + (turns - 1) * tool_s)
+
+
+async def measure_floor(
+    server: ServerProcess, in_flight: int, rollouts: int, turns: int, latency: float, tool_s: float
+) -> ControlRun:
+    """The control (`engine.benchmark.http_control`) with this bench's agent and tool."""
+    raise_fd_limit(in_flight + 1024)
+    return await measure_control(
+        server.url, in_flight, rollouts, turns, latency, tool_s,
+        system_prompt=SYSTEM_PROMPT, tools=SleepEnvironment.tools, answer=ANSWER,
+    )  # fmt: skip
 
 
 def running_loop() -> str:
@@ -248,6 +268,7 @@ async def measure_http(
 
 def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
     first = runs[0]
+    controlled = any(r.control is not None for r in runs)
     lines = [
         "# HTTP: the engine against a loopback OpenAI-compatible server",
         "",
@@ -278,8 +299,32 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
         "load average before each run is shown: other jobs share its cores.",
         "",
     ]
+    if controlled:
+        lines += [
+            "## The floor: the same workload with no engine",
+            "",
+            "Just before each engine run, at the same C: the same bodies to the same server "
+            "through one aiohttp session set up as `OpenAIPolicy`'s, orjson both ways, "
+            "`asyncio.sleep` as the tool; no scheduler, recording, store or token bookkeeping "
+            "(`engine/benchmark/http_control.py`). Its CPU per turn is what the HTTP client "
+            "and JSON alone cost on this machine.",
+            "",
+            "| in flight | floor efficiency | floor CPU/turn | engine efficiency "
+            "| engine CPU/turn | engine ÷ floor | load before floor |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in runs:
+            c = r.control
+            if c is None:
+                continue
+            lines.append(
+                f"| {r.in_flight:,} | {c.efficiency:.3f} | {c.cpu_per_turn_ms:.3f} ms | "
+                f"{r.efficiency:.3f} | {r.engine_cpu_per_turn_ms:.3f} ms | "
+                f"{r.over_floor:.2f}× | {c.load_before:.1f} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
 def results_json(command: str, runs: list[HttpRun]) -> dict[str, Any]:
-    return {"command": command, "runs": [asdict(r) for r in runs]}
+    return {"command": command, "runs": [{**asdict(r), "over_floor": r.over_floor} for r in runs]}
