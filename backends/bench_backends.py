@@ -5,7 +5,9 @@
    paper's single-node baseline), in-process with many slots (one event loop,
    so no faster), and the subprocess pool (one worker per core).
 2. Per-call overhead of the worker protocol: p50/p99 of a trivial ``step``
-   in process vs through a worker (HTTP on loopback).
+   in process vs through a worker (one at a time), and what a step adds with
+   ``--in-flight`` environments stepping a sleeping tool at once (what the
+   cycle benchmark's slots see: wake-ups and hops under load).
 3. Environment creation latency (acquire + release) per backend; for
    ``kubernetes`` (the test suite's fake cluster, when importable) also the
    time for pods to become Running and Ready.
@@ -23,6 +25,8 @@ import argparse
 import asyncio
 import json
 import os
+import random
+import re
 import statistics
 import tempfile
 import time
@@ -34,9 +38,12 @@ from typing import Any
 from backends.inprocess import InProcessBackend
 from backends.subprocess import SubprocessBackend, default_workers
 from backends.testenvs import PLUGIN, count_primes
+from engine import eventloop
 from engine.agent import Agent
 from engine.api import Engine
 from engine.backend import Backend
+from engine.benchmark.world import ENV_NAME as WORLD_ENV
+from engine.benchmark.world import PLUGIN as WORLD_PLUGIN
 from engine.environment import EnvSpec, ToolCall
 from engine.policy.scripted import ScriptedPolicy
 from engine.tasks import Task, TaskView
@@ -90,6 +97,9 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ordered) * 1e3, 3), "n": len(ordered)}
 
 
+_WORK = re.compile(r"\[work=([0-9.eE+-]+)\]")
+
+
 async def _timed(calls: int, fn: Callable[[], Awaitable[Any]]) -> list[float]:
     for _ in range(min(50, calls)):  # warm up connections and caches
         await fn()
@@ -111,6 +121,37 @@ async def call_overhead(backend: Backend, calls: int) -> dict[str, float]:
             samples = await _timed(calls, lambda: slot.env.step(call))
         finally:
             await backend.release(slot)
+    return _percentiles(samples)
+
+
+async def step_under_load(
+    backend: Backend, envs: int, calls: int, mean_s: float, seed: int = 0
+) -> dict[str, float]:
+    """What a step adds at ``envs`` in flight: ``envs`` environments each take
+    ``calls`` steps of a tool that sleeps a random 0.2–1.8 × ``mean_s`` on its
+    host's loop (`engine.benchmark.world`, to the microsecond); a step's wall
+    time less the sleep it reports. The cycle benchmark's slots see this."""
+    rng = random.Random(seed)
+    plan = [[mean_s * rng.uniform(0.2, 1.8) for _ in range(calls)] for _ in range(envs)]
+    samples: list[float] = []
+
+    async def one(seconds: list[float]) -> None:
+        async with backend.lease(EnvSpec(WORLD_ENV)) as slot:
+            for i, s in enumerate(seconds):
+                args = {"seconds": s}
+                call = ToolCall(f"c{i}", "code", json.dumps(args), args)
+                t = time.perf_counter()
+                obs = await slot.env.step(call)
+                took = time.perf_counter() - t
+                work = _WORK.search(obs.content)
+                if work is None:
+                    raise RuntimeError(f"the world's tool did not report its work: {obs.content!r}")
+                samples.append(took - float(work.group(1)))
+
+    async with backend:
+        async with asyncio.TaskGroup() as tg:
+            for seconds in plan:
+                tg.create_task(one(seconds))
     return _percentiles(samples)
 
 
@@ -209,6 +250,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "subprocess": await call_overhead(SubprocessBackend(1, 1, plugins=[PLUGIN]),
                                               args.calls),
         }
+        per = -(-args.in_flight // workers)
+        out["step_under_load"] = {
+            "in_flight": args.in_flight,
+            "tool_mean_ms": args.tool_ms,
+            "inprocess": await step_under_load(InProcessBackend(slots=args.in_flight),
+                                               args.in_flight, args.load_calls,
+                                               args.tool_ms / 1e3),
+            "subprocess": await step_under_load(SubprocessBackend(workers, per, plugins=[
+                PLUGIN, WORLD_PLUGIN]), args.in_flight, args.load_calls, args.tool_ms / 1e3),
+        }  # fmt: skip
         out["env_creation"] = {
             "inprocess": await creation(InProcessBackend(), args.creates),
             "subprocess": await creation(SubprocessBackend(1, 1, plugins=[PLUGIN]),
@@ -231,12 +282,15 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"cores: {result['cores']}   crunch({result['work_n']}) in process: "
              f"{result['crunch_ms_in_process']} ms   load avg before/after: "
              f"{result['load_avg_before'][0]:.2f} / {result['load_avg_after'][0]:.2f}", "",
-             f"{'throughput (CPU-heavy tool)':42} {'wall s':>8} {'rollouts/s':>11} {'speedup':>8}"]
+             f"{'throughput (CPU-heavy tool)':50} {'wall s':>8} {'rollouts/s':>11} {'speedup':>8}"]
     for r in result["throughput"]:
-        lines.append(f"{r['label']:42} {r['wall_s']:>8} {r['rollouts_per_s']:>11} "
+        lines.append(f"{r['label']:50} {r['wall_s']:>8} {r['rollouts_per_s']:>11} "
                      f"{r['speedup']:>7}x")
-    lines += ["", f"{'latency (ms)':42} {'p50':>8} {'p99':>8} {'mean':>8}"]
+    lines += ["", f"{'latency (ms)':50} {'p50':>8} {'p99':>8} {'mean':>8}"]
     rows = [(f"step, {k}", v) for k, v in result["step_overhead"].items()]
+    load = result["step_under_load"]
+    rows += [(f"step at {load['in_flight']} in flight, {k} (tool ~{load['tool_mean_ms']:g} ms)",
+              load[k]) for k in ("inprocess", "subprocess")]  # fmt: skip
     rows += [(f"create+close env, {k}", v) for k, v in result["env_creation"].items()]
     k8s = result.get("kubernetes_fake_cluster")
     if k8s:
@@ -247,7 +301,7 @@ def render(result: dict[str, Any]) -> str:
         rows += [("step, ray (an actor call)", ray_out["step"]),
                  ("create+close env, ray", ray_out["create"])]
     for label, v in rows:
-        lines.append(f"{label:42} {v['p50_ms']:>8} {v['p99_ms']:>8} {v['mean_ms']:>8}")
+        lines.append(f"{label:50} {v['p50_ms']:>8} {v['p99_ms']:>8} {v['mean_ms']:>8}")
     lines.append("")
     lines.append(f"subprocess pool start ({result['cores']} workers): "
                  f"{result['subprocess_pool_start_s']} s")
@@ -269,10 +323,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=int, default=60000, help="crunch(n): primes below n")
     p.add_argument("--workers", type=int, default=0, help="subprocess workers (0: one per core)")
     p.add_argument("--calls", type=int, default=1000, help="steps timed per backend")
+    p.add_argument("--in-flight", type=int, default=16,
+                   help="environments stepping at once for the step-under-load figure")
+    p.add_argument("--load-calls", type=int, default=100, help="steps each, under load")
+    p.add_argument("--tool-ms", type=float, default=20.0,
+                   help="mean sleep of the tool under load, ms")
     p.add_argument("--creates", type=int, default=200, help="environments created per backend")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
-    result = asyncio.run(main_async(args))
+    result = eventloop.run(main_async(args))  # the engine's loop, as every bench mode
     print(render(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
