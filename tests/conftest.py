@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,14 @@ import pytest
 
 from engine import Agent, Engine
 from engine.envs.arithmetic import CalculatorOracle
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started with SIGINT ignored (``cmd &`` in a script without job
+    control) would hand that on to every program it starts, and the tests of
+    what Ctrl-C does would fail for it: Python's own handler is put back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
