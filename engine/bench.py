@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--rollouts × --turns through a loopback OpenAI-compatible server over real "
         "HTTP and a sleeping tool, at each --in-flight: efficiency vs the ideal makespan, "
-        "engine CPU per turn",
+        "engine CPU per turn, beside the same workload through aiohttp alone (the floor)",
     )
     mode.add_argument(
         "--real",
