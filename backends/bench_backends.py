@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import statistics
 import tempfile
 import time
@@ -44,6 +43,7 @@ from engine.api import Engine
 from engine.backend import Backend
 from engine.benchmark.world import ENV_NAME as WORLD_ENV
 from engine.benchmark.world import PLUGIN as WORLD_PLUGIN
+from engine.benchmark.world import reported_work
 from engine.environment import EnvSpec, ToolCall
 from engine.policy.scripted import ScriptedPolicy
 from engine.tasks import Task, TaskView
@@ -97,9 +97,6 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ordered) * 1e3, 3), "n": len(ordered)}
 
 
-_WORK = re.compile(r"\[work=([0-9.eE+-]+)\]")
-
-
 async def _timed(calls: int, fn: Callable[[], Awaitable[Any]]) -> list[float]:
     for _ in range(min(50, calls)):  # warm up connections and caches
         await fn()
@@ -143,10 +140,10 @@ async def step_under_load(
                 t = time.perf_counter()
                 obs = await slot.env.step(call)
                 took = time.perf_counter() - t
-                work = _WORK.search(obs.content)
+                work = reported_work(obs.content)
                 if work is None:
                     raise RuntimeError(f"the world's tool did not report its work: {obs.content!r}")
-                samples.append(took - float(work.group(1)))
+                samples.append(took - work)
 
     async with backend:
         async with asyncio.TaskGroup() as tg:

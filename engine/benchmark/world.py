@@ -171,6 +171,12 @@ def world_clock() -> WorldClock:
     return clock
 
 
+def reported_work(text: str) -> float | None:
+    """The seconds of work a `LatencyEnvironment` tool says it did (``[work=…]``), if any."""
+    found = _WORK.search(text)
+    return float(found.group(1)) if found else None
+
+
 def rollout_index(messages: list[dict[str, Any]], params: SamplingParams | None, k: int) -> int:
     """Rollout ``task × k + sample``: the task number is in the prompt, the sample
     index comes back as the request seed (the engine adds it to the base seed 0)."""
@@ -211,8 +217,7 @@ class ScriptedLatencyPolicy:
         i = rollout_index(messages, params, self.workload.samples)
         last = messages[-1]
         if last["role"] == "tool":
-            found = _WORK.search(str(last.get("content", "")))
-            self.tool_work[i] += float(found.group(1)) if found else 0.0
+            self.tool_work[i] += reported_work(str(last.get("content", ""))) or 0.0
         turn = sum(1 for m in messages if m["role"] == "assistant")
         step = self.workload.scripts[i][turn]
         self.in_flight += 1
