@@ -41,6 +41,7 @@ from .openai_server import MODEL, TOOL
 
 ENV_NAME = "bench.sleep"
 ANSWER = "42"
+SAMPLING = SamplingParams(temperature=0.0, max_tokens=64, return_token_ids=True)
 SYSTEM_PROMPT = (
     "You are a patient agent. Call the sleep tool until you are told to stop, then answer "
     "with the number only."
@@ -177,11 +178,15 @@ def ideal_makespan(
 async def measure_floor(
     server: ServerProcess, in_flight: int, rollouts: int, turns: int, latency: float, tool_s: float
 ) -> ControlRun:
-    """The control (`engine.benchmark.http_control`) with this bench's agent and tool."""
+    """The control (`engine.benchmark.http_control`) with this bench's agent and tool:
+    the request fields the engine's body builder gives (`OpenAIPolicy.request_body`)."""
     raise_fd_limit(in_flight + 1024)
+    body = OpenAIPolicy(server.url, MODEL).request_body([], SleepEnvironment.tools, SAMPLING, 1)
+    del body["messages"]
     return await measure_control(
-        server.url, in_flight, rollouts, turns, latency, tool_s,
-        system_prompt=SYSTEM_PROMPT, tools=SleepEnvironment.tools, answer=ANSWER,
+        server.url, in_flight, rollouts, turns, tool_s,
+        ideal_s=ideal_makespan(rollouts, in_flight, turns, latency, tool_s),
+        system_prompt=SYSTEM_PROMPT, fields=body, answer=ANSWER,
     )  # fmt: skip
 
 
@@ -217,7 +222,7 @@ async def measure_http(
             policy,
             system_prompt=SYSTEM_PROMPT,
             max_turns=turns,
-            sampling=SamplingParams(temperature=0.0, max_tokens=64, return_token_ids=True),
+            sampling=SAMPLING,
         )
         async with Engine(
             store=store_dir / f"http-{in_flight}.db",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-
-from .openai_server import MODEL
 
 
 @dataclass
@@ -41,28 +38,22 @@ class ControlRun:
     load_before: float
 
 
-def _body(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> bytes:
-    """What `OpenAIPolicy.request_body` sends for the bench's agent."""
-    return orjson.dumps(
-        {"model": MODEL, "messages": messages, "n": 1, "temperature": 0.0, "top_p": 1.0,
-         "tools": tools, "tool_choice": "auto", "max_tokens": 64, "return_token_ids": True}
-    )  # fmt: skip
-
-
 async def measure_control(
     url: str,
     in_flight: int,
     rollouts: int,
     turns: int,
-    latency: float,
     tool_s: float,
     *,
+    ideal_s: float,
     system_prompt: str,
-    tools: list[dict[str, Any]],
+    fields: dict[str, Any],
     answer: str,
     request_timeout: float = 120.0,
 ) -> ControlRun:
-    """N rollouts of T turns, C at a time, through aiohttp alone (``url``: the server's /v1)."""
+    """N rollouts of T turns, C at a time, through aiohttp alone (``url``: the server's
+    /v1); each body is ``fields`` (all but the messages, as the engine's request
+    body has them) with the conversation so far."""
     endpoint = url.rstrip("/") + "/chat/completions"
     headers = {"Content-Type": "application/json"}
     load = os.getloadavg()[0]
@@ -78,7 +69,8 @@ async def measure_control(
         ]
         for turn in range(1, turns + 1):
             next(requests)
-            async with session.post(endpoint, data=_body(messages, tools)) as resp:
+            body = orjson.dumps({**fields, "messages": messages})
+            async with session.post(endpoint, data=body) as resp:
                 resp.raise_for_status()
                 reply = orjson.loads(await resp.read())
             message = reply["choices"][0]["message"]
@@ -110,11 +102,10 @@ async def measure_control(
                 tg.create_task(worker(session))
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
-    ideal = math.ceil(rollouts / in_flight) * (turns * latency + (turns - 1) * tool_s)
     return ControlRun(
         in_flight=in_flight,
         wall_s=wall,
-        efficiency=ideal / wall,
+        efficiency=ideal_s / wall,
         cpu_per_turn_ms=cpu / (rollouts * turns) * 1e3,
         requests=next(requests),
         answered=answered,
