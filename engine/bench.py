@@ -59,6 +59,7 @@ from engine.benchmark.workload import (
 )
 from engine.errors import ConfigError
 from engine.eventloop import LOOPS
+from engine.policy.transport import CLIENTS
 
 __all__ = [
     "PAPER_DISTRIBUTED_S",
@@ -270,11 +271,12 @@ async def run_http(args: argparse.Namespace) -> None:
                 floor = None
                 if args.control:
                     floor = await measure_floor(server, c, rollouts, turns, args.latency,
-                                                args.tool_sleep)  # fmt: skip
-                    console.print(f"  floor (no engine): efficiency {floor.efficiency:.3f}, "
+                                                args.tool_sleep, args.http_client)  # fmt: skip
+                    console.print(f"  floor ({floor.http_client}, no engine): efficiency "
+                                  f"{floor.efficiency:.3f}, "
                                   f"{floor.cpu_per_turn_ms:.3f} ms/turn")  # fmt: skip
                 r = await measure_http(server, c, rollouts, turns, args.latency,
-                                       args.tool_sleep, Path(tmp))  # fmt: skip
+                                       args.tool_sleep, Path(tmp), args.http_client)  # fmt: skip
                 r.control = floor
                 if r.states != {"done": rollouts}:
                     console.print(f"[yellow]not every rollout ended done: {r.states}[/yellow]")
@@ -389,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--rollouts × --turns through a loopback OpenAI-compatible server over real "
         "HTTP and a sleeping tool, at each --in-flight: efficiency vs the ideal makespan, "
-        "engine CPU per turn, beside the same workload through aiohttp alone (the floor)",
+        "engine CPU per turn, beside the same workload through the HTTP client alone (the floor)",
     )
     mode.add_argument(
         "--real",
@@ -450,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also play the first slot count on bare asyncio workers with no engine "
-        "(--http: each --in-flight through aiohttp alone, just before the engine's run), "
+        "(--http: each --in-flight through the HTTP client alone, just before the engine's run), "
         "to separate the engine's cost from the machine's (on)",
     )
     g.add_argument(
@@ -514,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--tool-sleep", type=float, default=0.1, help="tool seconds per call (0.1)")
     h.add_argument(
         "--server-procs", type=int, default=2, help="server processes sharing the port (2)"
+    )
+    h.add_argument(
+        "--http-client",
+        choices=CLIENTS,
+        default=None,
+        help="the policy's HTTP client, engine and floor alike (default: $DRILLYARD_HTTP_CLIENT, "
+        "else auto = pyreqwest where installed)",
     )
     r = p.add_argument_group("--real")
     r.add_argument(

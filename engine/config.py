@@ -73,6 +73,9 @@ class PolicyConfig(_Strict):
     timeout: float = Field(default=120.0, gt=0)
     retries: int = Field(default=4, ge=0)
     exact_tokens: bool = False
+    # the HTTP client (engine.policy.transport); unset: $DRILLYARD_HTTP_CLIENT, else auto,
+    # which takes pyreqwest where installed (`pip install 'drillyard[fast]'`), else aiohttp
+    http_client: Literal["auto", "aiohttp", "pyreqwest"] | None = None
     latency: float = Field(default=0.0, ge=0)
     mistake_rate: float = Field(default=0.0, ge=0, le=1)
 
@@ -171,6 +174,7 @@ def build_policy(desc: dict[str, Any]) -> Policy:
             "timeout": desc.get("timeout", 120.0),
             "retries": desc.get("retries", 4),
             "exact_tokens": desc.get("exact_tokens", False),
+            "http_client": desc.get("http_client"),
         }
         if len(urls) > 1:
             return MultiServerPolicy(urls, desc["model"], **common)

@@ -16,53 +16,62 @@ pytestmark = pytest.mark.anyio
 MSGS = [{"role": "user", "content": "hello"}]
 
 
-def fast(url: str, **kw: object) -> OpenAIPolicy:
+@pytest.fixture(params=["aiohttp", "pyreqwest"])
+def client(request: pytest.FixtureRequest) -> str:
+    """Every behaviour here holds whichever HTTP client carries the requests."""
+    if request.param == "pyreqwest":
+        pytest.importorskip("pyreqwest", reason="pip install 'drillyard[fast]'")
+    return str(request.param)
+
+
+def fast(client: str, url: str, **kw: object) -> OpenAIPolicy:
     kw.setdefault("backoff", 0.01)
     kw.setdefault("retries", 3)
-    return OpenAIPolicy(url, "stub", **kw)  # type: ignore[arg-type]
+    return OpenAIPolicy(url, "stub", http_client=client, **kw)  # type: ignore[arg-type]
 
 
-async def test_5xx_and_429_are_retried_then_succeed() -> None:
+async def test_5xx_and_429_are_retried_then_succeed(client: str) -> None:
     async with ChatServer([503, 429, 500, reply("ok")]).running() as srv:
-        async with fast(srv.url) as policy:
+        async with fast(client, srv.url) as policy:
             (c,) = await policy.complete(MSGS)
     assert c.content == "ok" and len(srv.requests) == 4 and policy.retried == 3
 
 
-async def test_a_server_that_stays_down_raises_policy_error_after_the_retries() -> None:
-    async with ChatServer([502]).running() as srv, fast(srv.url, retries=2) as policy:
+async def test_a_server_that_stays_down_raises_policy_error_after_the_retries(client: str) -> None:
+    async with ChatServer([502]).running() as srv, fast(client, srv.url, retries=2) as policy:
         with pytest.raises(PolicyError, match="failed after 3 tries: HTTP 502"):
             await policy.complete(MSGS)
     assert len(srv.requests) == 3
 
 
-async def test_connection_refused_and_dropped_connections_are_retried() -> None:
+async def test_connection_refused_and_dropped_connections_are_retried(client: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with fast(f"http://127.0.0.1:{port}/v1", retries=1) as policy:
+    async with fast(client, f"http://127.0.0.1:{port}/v1", retries=1) as policy:
         with pytest.raises(PolicyError, match="Connect"):
             await policy.complete(MSGS)
-    async with ChatServer(["drop", reply("back")]).running() as srv, fast(srv.url) as policy:
-        (c,) = await policy.complete(MSGS)
+    async with ChatServer(["drop", reply("back")]).running() as srv:
+        async with fast(client, srv.url) as policy:
+            (c,) = await policy.complete(MSGS)
     assert c.content == "back"
 
 
-async def test_every_try_has_a_deadline() -> None:
+async def test_every_try_has_a_deadline(client: str) -> None:
     async with ChatServer(["hang", reply("late but fine")]).running() as srv:
-        async with fast(srv.url, timeout=0.3) as policy:
+        async with fast(client, srv.url, timeout=0.3) as policy:
             (c,) = await policy.complete(MSGS)
     assert c.content == "late but fine" and len(srv.requests) == 2
 
 
-async def test_a_rejected_request_is_not_retried() -> None:
-    async with ChatServer([400]).running() as srv, fast(srv.url) as policy:
+async def test_a_rejected_request_is_not_retried(client: str) -> None:
+    async with ChatServer([400]).running() as srv, fast(client, srv.url) as policy:
         with pytest.raises(NotRetryable, match="HTTP 400"):
             await policy.complete(MSGS)
     assert len(srv.requests) == 1
 
 
-async def test_request_fields_and_response_parsing() -> None:
+async def test_request_fields_and_response_parsing(client: str) -> None:
     tool_calls = [
         {
             "id": "c1",
@@ -81,7 +90,7 @@ async def test_request_fields_and_response_parsing() -> None:
         '<tool_call>{"name": "calculator", "arguments": {"expression": "2"}}</tool_call>'
     )
     async with ChatServer([body, hermes]).running() as srv:
-        async with fast(srv.url, version="v7") as policy:
+        async with fast(client, srv.url, version="v7") as policy:
             params = SamplingParams(
                 temperature=0.5,
                 max_tokens=9,
@@ -107,10 +116,10 @@ async def test_request_fields_and_response_parsing() -> None:
 
 
 async def test_a_model_server_that_stays_down_ends_rollouts_in_error(
-    make_engine: Callable[..., Engine],
+    make_engine: Callable[..., Engine], client: str
 ) -> None:
     async with ChatServer([503]).running() as srv:
-        async with fast(srv.url, retries=1) as policy:
+        async with fast(client, srv.url, retries=1) as policy:
             async with make_engine(max_attempts=2) as engine:
                 run = await engine.run(arithmetic_tasks(2), Agent(policy), environment="arithmetic",
                                        scorer="arithmetic", samples=2)

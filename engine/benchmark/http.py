@@ -89,6 +89,7 @@ class HttpRun:
     latency_s: float
     tool_s: float
     loop: str
+    http_client: str
     wall_s: float
     ideal_s: float
     efficiency: float
@@ -103,7 +104,7 @@ class HttpRun:
     rows_written: int
     states: dict[str, int]
     load_before: float
-    control: ControlRun | None = None  # the same workload through aiohttp alone, just before
+    control: ControlRun | None = None  # the same workload through the HTTP client alone
 
     @property
     def over_floor(self) -> float | None:
@@ -176,17 +177,24 @@ def ideal_makespan(
 
 
 async def measure_floor(
-    server: ServerProcess, in_flight: int, rollouts: int, turns: int, latency: float, tool_s: float
+    server: ServerProcess,
+    in_flight: int,
+    rollouts: int,
+    turns: int,
+    latency: float,
+    tool_s: float,
+    http_client: str | None = None,
 ) -> ControlRun:
     """The control (`engine.benchmark.http_control`) with this bench's agent and tool:
-    the request fields the engine's body builder gives (`OpenAIPolicy.request_body`)."""
+    the request fields the engine's body builder gives (`OpenAIPolicy.request_body`),
+    through the HTTP client the engine's run uses."""
     raise_fd_limit(in_flight + 1024)
     body = OpenAIPolicy(server.url, MODEL).request_body([], SleepEnvironment.tools, SAMPLING, 1)
     del body["messages"]
     return await measure_control(
         server.url, in_flight, rollouts, turns, tool_s,
         ideal_s=ideal_makespan(rollouts, in_flight, turns, latency, tool_s),
-        system_prompt=SYSTEM_PROMPT, fields=body, answer=ANSWER,
+        system_prompt=SYSTEM_PROMPT, fields=body, answer=ANSWER, http_client=http_client,
     )  # fmt: skip
 
 
@@ -211,13 +219,17 @@ async def measure_http(
     latency: float,
     tool_s: float,
     store_dir: Path,
+    http_client: str | None = None,
 ) -> HttpRun:
     """N rollouts of T turns at C in flight through the real engine; one fresh store."""
     raise_fd_limit(in_flight + 1024)
     tasks = [Task(f"t{i}", f"Task #{i}: sleep {turns - 1} times, then answer.", ANSWER)
              for i in range(rollouts)]  # fmt: skip
     load = os.getloadavg()[0]
-    async with OpenAIPolicy(server.url, MODEL, max_in_flight=in_flight, timeout=120.0) as policy:
+    async with OpenAIPolicy(
+        server.url, MODEL, max_in_flight=in_flight, timeout=120.0,
+        http_client=http_client,
+    ) as policy:  # fmt: skip
         agent = Agent(
             policy,
             system_prompt=SYSTEM_PROMPT,
@@ -254,6 +266,7 @@ async def measure_http(
         latency_s=latency,
         tool_s=tool_s,
         loop=running_loop(),
+        http_client=policy.transport_name,
         wall_s=wall,
         ideal_s=ideal,
         efficiency=ideal / wall,
@@ -285,15 +298,16 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
         f"message. Server: {procs} process(es) of `engine.benchmark.openai_server`, its CPU "
         "counted apart. Ideal makespan = ceil(N / C) × (T × latency + (T − 1) × tool).",
         "",
-        "| in flight | rollouts | turns | loop | wall s | ideal s | efficiency | engine CPU/turn "
-        "| engine CPU (cores) | server CPU/turn | messages | load before |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| in flight | rollouts | turns | loop | HTTP client | wall s | ideal s | efficiency "
+        "| engine CPU/turn | engine CPU (cores) | server CPU/turn | messages | load before |",
+        "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         per = r.server_cpu_per_turn_ms
         server = f"{per:.3f} ms" if per is not None else "—"
         lines.append(
-            f"| {r.in_flight:,} | {r.rollouts:,} | {r.turns} | {r.loop} | {r.wall_s:,.1f} | "
+            f"| {r.in_flight:,} | {r.rollouts:,} | {r.turns} | {r.loop} | {r.http_client} | "
+            f"{r.wall_s:,.1f} | "
             f"{r.ideal_s:,.1f} | {r.efficiency:.3f} | {r.engine_cpu_per_turn_ms:.3f} ms | "
             f"{r.engine_cpu_share:.2f} | {server} | {r.messages:,} | {r.load_before:.1f} |"
         )
@@ -309,8 +323,9 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
             "## The floor: the same workload with no engine",
             "",
             "Just before each engine run, at the same C: the same bodies to the same server "
-            "through one aiohttp session set up as `OpenAIPolicy`'s, orjson both ways, "
-            "`asyncio.sleep` as the tool; no scheduler, recording, store or token bookkeeping "
+            "through the engine's HTTP client (`engine.policy.transport`) opened as "
+            "`OpenAIPolicy` opens it, orjson both ways, `asyncio.sleep` as the tool; no "
+            "scheduler, recording, store or token bookkeeping "
             "(`engine/benchmark/http_control.py`). Its CPU per turn is what the HTTP client "
             "and JSON alone cost on this machine.",
             "",

@@ -3,9 +3,9 @@
 The control for `engine.benchmark.http`: the same N rollouts of T turns at C in
 flight against the same loopback server, sending the bodies the engine sends
 (system prompt, task, the sleep tool, the growing conversation, sampling with
-``return_token_ids``) through one aiohttp session configured as
-`OpenAIPolicy`'s (C connections kept alive, no cookie jar, a timeout a
-request), with orjson both ways and ``asyncio.sleep`` as the tool. Nothing
+``return_token_ids``) through the HTTP client `OpenAIPolicy` uses, opened as it
+opens it (`engine.policy.transport`: C connections kept alive, no cookies, a
+timeout a request), with orjson both ways and ``asyncio.sleep`` as the tool. Nothing
 else: no scheduler, no recording, no store, no token bookkeeping, no retry. Its
 CPU per turn is the floor any engine built on this client pays on this
 machine; the engine's figure over it, measured in the same run, is what the
@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
+
+from engine.policy.transport import Failure, Transport, open_transport, resolve_client
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ControlRun:
     """One control measurement at C in flight."""
 
     in_flight: int
+    http_client: str
     wall_s: float
     efficiency: float
     cpu_per_turn_ms: float
@@ -50,18 +52,19 @@ async def measure_control(
     fields: dict[str, Any],
     answer: str,
     request_timeout: float = 120.0,
+    http_client: str | None = None,
 ) -> ControlRun:
-    """N rollouts of T turns, C at a time, through aiohttp alone (``url``: the server's
-    /v1); each body is ``fields`` (all but the messages, as the engine's request
-    body has them) with the conversation so far."""
+    """N rollouts of T turns, C at a time, through the HTTP client alone (``url``: the
+    server's /v1); each body is ``fields`` (all but the messages, as the engine's
+    request body has them) with the conversation so far."""
     endpoint = url.rstrip("/") + "/chat/completions"
-    headers = {"Content-Type": "application/json"}
+    client = resolve_client(http_client)
     load = os.getloadavg()[0]
     todo = iter(range(rollouts))
     requests = itertools.count()
     answered = 0
 
-    async def rollout(session: aiohttp.ClientSession, i: int) -> None:
+    async def rollout(transport: Transport, i: int) -> None:
         nonlocal answered
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": system_prompt},
@@ -70,9 +73,10 @@ async def measure_control(
         for turn in range(1, turns + 1):
             next(requests)
             body = orjson.dumps({**fields, "messages": messages})
-            async with session.post(endpoint, data=body) as resp:
-                resp.raise_for_status()
-                reply = orjson.loads(await resp.read())
+            got = await transport.request("POST", endpoint, body)
+            if isinstance(got, Failure) or got.status != 200:
+                raise RuntimeError(f"the floor's request failed: {got}")
+            reply = orjson.loads(got.body)
             message = reply["choices"][0]["message"]
             calls = message.get("tool_calls") or []
             messages.append({"role": "assistant", "content": message.get("content"),
@@ -84,26 +88,27 @@ async def measure_control(
             messages.append({"role": "tool", "tool_call_id": calls[0]["id"],
                              "content": f"slept {tool_s}s (turn {turn})"})  # fmt: skip
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(transport: Transport) -> None:
         for i in todo:
-            await rollout(session, i)
+            await rollout(transport, i)
 
-    connector = aiohttp.TCPConnector(limit=in_flight, keepalive_timeout=30)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        headers=headers,
-        timeout=aiohttp.ClientTimeout(total=request_timeout),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    ) as session:
+    transport = open_transport(
+        client, max_connections=in_flight, timeout=request_timeout,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         async with asyncio.TaskGroup() as tg:
             for _ in range(min(in_flight, rollouts)):
-                tg.create_task(worker(session))
+                tg.create_task(worker(transport))
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+    finally:
+        await transport.aclose()
     return ControlRun(
         in_flight=in_flight,
+        http_client=client,
         wall_s=wall,
         efficiency=ideal_s / wall,
         cpu_per_turn_ms=cpu / (rollouts * turns) * 1e3,

@@ -82,8 +82,8 @@ class _Server:
 class MultiServerPolicy(AsyncResource):
     """Chat completions from N servers of one model, sticky per conversation.
 
-    ``max_in_flight``, ``timeout``, ``retries`` and the backoff apply per
-    server, as in `OpenAIPolicy`. ``version`` is stamped on every completion
+    ``max_in_flight``, ``timeout``, ``retries``, the backoff and ``http_client``
+    apply per server, as in `OpenAIPolicy`. ``version`` is stamped on every completion
     (the weight reloader bumps it). ``weight_version``, set by the reloader, is
     what a server that was out must report at ``GET /weight_info`` to come
     back (None: not checked). At most ``max_affinities`` conversations are
@@ -107,6 +107,7 @@ class MultiServerPolicy(AsyncResource):
         probe_timeout: float = 5.0,
         max_affinities: int = 100_000,
         exact_tokens: bool = False,
+        http_client: str | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         urls = [u.rstrip("/") for u in urls]
@@ -133,6 +134,7 @@ class MultiServerPolicy(AsyncResource):
                     retries=retries,
                     backoff=backoff,
                     max_backoff=max_backoff,
+                    http_client=http_client,
                 ),
             )
             for i, url in enumerate(urls)
@@ -181,6 +183,7 @@ class MultiServerPolicy(AsyncResource):
             "timeout": first.timeout,
             "retries": first.retries,
             "exact_tokens": self.exact_tokens,
+            "http_client": first.http_client,
         }
 
     def servers(self) -> list[ServerState]:

@@ -1,55 +1,53 @@
-"""An OpenAI-compatible chat client over aiohttp, for vLLM and any compatible server."""
+"""An OpenAI-compatible chat client, for vLLM and any compatible server.
+
+Its HTTP client is a `engine.policy.transport` (aiohttp, or pyreqwest where installed)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Self
 
-import aiohttp
 import anyio
 import orjson
 import structlog
-from yarl import URL
 
 from engine.environment import ToolSpec
 from engine.errors import ConfigError, NotRetryable, PolicyError
 from engine.policy.base import Completion, SamplingParams
 from engine.policy.tokens import Continuation, TokenContinuation, without_token_ids
 from engine.policy.toolcalls import parse_hermes, parse_openai_tool_calls
-from engine.resources import AsyncResource, close_session
+from engine.policy.transport import (
+    ClientName,
+    Failure,
+    Transport,
+    open_transport,
+    resolve_client,
+)
+from engine.resources import AsyncResource
+
+__all__ = ["RETRY_STATUSES", "Failure", "OpenAIPolicy", "Post"]
 
 log = structlog.get_logger("drillyard.policy")
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-# the server could not be reached or dropped the connection: it may be gone
-GONE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
 
 Post = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """Sends one request body to a path of the API and returns the parsed JSON reply."""
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """One try that a retry may absorb: why, the HTTP status if one came back, and
-    whether the server could not be reached at all (refused, reset, cut off)."""
-
-    reason: str
-    status: int | None = None
-    unreachable: bool = False
-
-
 class OpenAIPolicy(AsyncResource):
     """Chat completions from ``{base_url}/chat/completions``.
 
-    One pooled aiohttp session (kept-alive connections, no cookie jar, bodies
-    encoded once with orjson); at most ``max_in_flight`` requests at once;
-    connection errors, 429 and 5xx are retried ``retries`` times with jittered
-    exponential backoff; every try has a ``timeout`` deadline (the session's
-    own, one timer a try). Tool calls come
+    One pooled HTTP client, ``http_client`` (None: ``$DRILLYARD_HTTP_CLIENT``, else
+    ``"auto"``: pyreqwest where installed, else aiohttp; see
+    `engine.policy.transport`), with kept-alive connections, no
+    cookies and bodies encoded once with orjson; at most ``max_in_flight``
+    requests at once; connection errors, 429 and 5xx are retried ``retries``
+    times with jittered exponential backoff; every try has a ``timeout``
+    deadline (the client's own, one timer a try). Tool calls come
     from the ``tool_calls`` field or, failing that, from Hermes ``<tool_call>``
     text. ``version`` is stamped on every completion (bump it after a weight reload).
     ``exact_tokens`` sends later turns as the exact token ids of the conversation so
@@ -71,7 +69,10 @@ class OpenAIPolicy(AsyncResource):
         version: str | None = None,
         exact_tokens: bool = False,
         preflight_timeout: float = 10.0,
+        http_client: ClientName | str | None = None,
     ) -> None:
+        self.http_client = http_client
+        self._client = resolve_client(http_client)  # an unknown or missing one fails here
         self.base_url = base_url.rstrip("/")
         self.root_url = self.base_url.removesuffix("/v1")
         self.exact_tokens = exact_tokens
@@ -86,8 +87,7 @@ class OpenAIPolicy(AsyncResource):
         self.preflight_timeout = preflight_timeout
         self.max_in_flight = max_in_flight
         self._limit = asyncio.Semaphore(max_in_flight)  # no checkpoint when a permit is free
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[tuple[str, bool], URL] = {}
+        self._transport: Transport | None = None
         self.requests = 0
         self.retried = 0
 
@@ -101,29 +101,34 @@ class OpenAIPolicy(AsyncResource):
             "timeout": self.timeout,
             "retries": self.retries,
             "exact_tokens": self.exact_tokens,
+            "http_client": self.http_client or "auto",
         }
 
+    @property
+    def transport_name(self) -> str:
+        """The HTTP client this policy's requests go through (``aiohttp``, ``pyreqwest``)."""
+        return self._client
+
     async def __aenter__(self) -> Self:
-        self._ensure_session()
+        self._ensure_transport()
         return self
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        await close_session(session)
+        """Close the connections; a later request opens a new client (another loop's, say)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _ensure_transport(self) -> Transport:
+        if self._transport is None:
             headers = {"Content-Type": "application/json"}
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"
-            connector = aiohttp.TCPConnector(limit=self.max_in_flight, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
+            self._transport = open_transport(
+                self._client, max_connections=self.max_in_flight, timeout=self.timeout,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+            )  # fmt: skip
+        return self._transport
 
     async def preflight(self) -> None:
         """Check that a server answers at ``{base_url}/models`` (once, before a run).
@@ -136,8 +141,7 @@ class OpenAIPolicy(AsyncResource):
         where = f"policy at {self.base_url}"
         try:
             with anyio.fail_after(self.preflight_timeout):
-                async with self._ensure_session().get(url) as resp:
-                    status, raw = resp.status, await resp.read()
+                reply = await self._ensure_transport().request("GET", url)
         except TimeoutError as exc:
             raise ConfigError(
                 where,
@@ -145,13 +149,14 @@ class OpenAIPolicy(AsyncResource):
                 "check that the model server is up and not overloaded, or pass the right "
                 "--policy-url (policy.base_url)",
             ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        if isinstance(reply, Failure):
             raise ConfigError(
                 where,
-                f"no model server answers GET {url} ({type(exc).__name__}: {exc})",
+                f"no model server answers GET {url} ({reply.reason})",
                 "start it (e.g. `vllm serve MODEL --port 8000`) or pass the right "
                 "--policy-url (policy.base_url), ending in /v1",
-            ) from exc
+            )
+        status, raw = reply.status, reply.body
         if status in (401, 403):
             raise ConfigError(
                 where,
@@ -266,16 +271,12 @@ class OpenAIPolicy(AsyncResource):
         data = await self._post("/tokenize", body, root=True)
         return [int(t) for t in data.get("tokens") or []]
 
-    def _url(self, path: str, root: bool) -> URL:
-        """The URL of a route, parsed once."""
-        url = self._urls.get((path, root))
-        if url is None:
-            url = self._urls[(path, root)] = URL((self.root_url if root else self.base_url) + path)
-        return url
+    def _url(self, path: str, root: bool) -> str:
+        return (self.root_url if root else self.base_url) + path
 
     async def _post(self, path: str, body: dict[str, Any], *, root: bool = False) -> dict[str, Any]:
         url = self._url(path, root)
-        data = _encoded(body)  # once, for every try
+        data = orjson.dumps(body)  # once, for every try
         last = "no attempt made"
         async with self._limit:
             for attempt in range(self.retries + 1):
@@ -302,31 +303,25 @@ class OpenAIPolicy(AsyncResource):
         parsed JSON reply, or the `Failure` a retry may absorb. A refused request
         (4xx other than `RETRY_STATUSES`) raises `NotRetryable`."""
         async with self._limit:
-            return await self._try(self._url(path, False), _encoded(body), headers)
+            return await self._try(self._url(path, False), orjson.dumps(body), headers)
 
     async def _try(
-        self, url: URL, data: aiohttp.BytesPayload, headers: dict[str, str] | None = None
+        self, url: str, data: bytes, headers: dict[str, str] | None = None
     ) -> dict[str, Any] | Failure:
-        session = self._ensure_session()
+        """One try through the transport (which bounds it, body read included, and maps
+        its client's errors); what the status means is decided here, for every client."""
         self.requests += 1
-        try:
-            # the session's timeout bounds the try, body read included: one timer a try
-            async with session.post(url, data=data, headers=headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except TimeoutError:
-            return Failure(f"no reply within {self.timeout}s")
-        except GONE as exc:
-            return Failure(f"{type(exc).__name__}: {exc}", unreachable=True)
-        except (aiohttp.ClientError, OSError) as exc:
-            return Failure(f"{type(exc).__name__}: {exc}")
+        reply = await self._ensure_transport().request("POST", url, data, headers)
+        if isinstance(reply, Failure):
+            return reply
+        status = reply.status
         if status == 200:
             try:
-                parsed: dict[str, Any] = orjson.loads(raw)
+                parsed: dict[str, Any] = orjson.loads(reply.body)
                 return parsed
             except orjson.JSONDecodeError:
-                return Failure(f"200 with a body that is not JSON: {raw[:200]!r}")
-        detail = raw[:500].decode(errors="replace")
+                return Failure(f"200 with a body that is not JSON: {reply.head(200)!r}")
+        detail = reply.head(500)
         if status in RETRY_STATUSES:
             return Failure(f"HTTP {status}: {detail}", status=status)
         raise NotRetryable(f"model server refused the request: HTTP {status}: {detail}")
@@ -361,11 +356,6 @@ class OpenAIPolicy(AsyncResource):
         if not out:
             raise PolicyError(f"model server returned no choices: {str(data)[:300]}")
         return out
-
-
-def _encoded(body: dict[str, Any]) -> aiohttp.BytesPayload:
-    """A request body encoded once (orjson), as a payload aiohttp need not look up a type for."""
-    return aiohttp.BytesPayload(orjson.dumps(body), content_type="application/json")
 
 
 def _closing_logprobs(data: dict[str, Any], cont: Continuation) -> list[float] | None:

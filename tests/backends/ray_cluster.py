@@ -59,6 +59,11 @@ class RayTestCluster:
         self._serial = itertools.count(1)
         self.pids: set[int] = set()  # every process any node ever ran
         self.nodes: list[WorkerNode] = []
+        # Ray 2.60's Cluster writes the head's address to <temp>/ray/ray_current_cluster
+        # (its default temp folder, whatever temp_dir says) and no longer creates the folder
+        from ray._common.utils import get_default_ray_temp_dir
+
+        os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "node_ip_address": LOOPBACK, "include_dashboard": False,
             "temp_dir": self._dir, "_system_config": SYSTEM_CONFIG})

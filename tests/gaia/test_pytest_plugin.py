@@ -140,8 +140,8 @@ def test_sync_checks_with_a_real_http_policy(drillyard_passk: Any, model_server:
     from gaia.agent import gaia_environment
 
     policy = OpenAIPolicy(model_server, "stub", timeout=10)
-    for limit in (2, 3):  # one policy over two event loops: its session is closed after each
+    for limit in (2, 3):  # one policy over two event loops: its client is closed after each
         report = drillyard_passk(tasks="gaia", policy=policy, samples=2, limit=limit,
                                  expect="pass@2 == 1", environment=gaia_environment(["calculator"]))
         assert len(report.per_task) == limit
-    assert policy._session is None
+    assert policy._transport is None  # closed with the loop it was opened in
