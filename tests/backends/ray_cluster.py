@@ -63,7 +63,7 @@ class RayTestCluster:
         # (its default temp folder, whatever temp_dir says) and no longer creates the folder
         from ray._common.utils import get_default_ray_temp_dir
 
-        os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
+        os.makedirs(get_default_ray_temp_dir(), exist_ok=True)  # type: ignore[no-untyped-call]
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "node_ip_address": LOOPBACK, "include_dashboard": False,
             "temp_dir": self._dir, "_system_config": SYSTEM_CONFIG})
