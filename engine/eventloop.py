@@ -23,6 +23,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, Literal, TypeVar
 
 from engine.errors import ConfigError
+from engine.extras import choose_installed
 
 T = TypeVar("T")
 LoopName = Literal["auto", "asyncio", "uvloop"]
@@ -35,22 +36,11 @@ GC_THRESHOLD = 50_000
 
 def resolve(loop: str | None = None) -> Literal["asyncio", "uvloop"]:
     """The loop ``loop`` names (None: ``$DRILLYARD_LOOP``, else auto) as run here."""
-    name = loop or os.environ.get(LOOP_ENV) or "auto"
-    if name not in LOOPS:
-        raise ConfigError(
-            "event loop", f"unknown loop {name!r}", "use one of auto, asyncio, uvloop"
-        )
-    if name == "asyncio":
-        return "asyncio"
-    try:
-        importlib.import_module("uvloop")
-    except ImportError as exc:
-        if name == "uvloop":
-            raise ConfigError(
-                "event loop", "uvloop is not installed", "pip install 'drillyard[fast]'"
-            ) from exc
-        return "asyncio"
-    return "uvloop"
+    chosen = choose_installed(
+        loop, env=LOOP_ENV, what="loop", where="event loop", plain="asyncio", fast="uvloop",
+        fix="pip install 'drillyard[fast]'",
+    )  # fmt: skip
+    return "uvloop" if chosen == "uvloop" else "asyncio"
 
 
 def gc_threshold(threshold: int | None = None) -> int:

@@ -1,7 +1,7 @@
 """How a policy's requests reach a model server: one small interface, two HTTP clients.
 
 `AiohttpTransport` (aiohttp, a core dependency) and `ReqwestTransport`
-(pyreqwest: Rust's reqwest under asyncio, about 0.6× aiohttp's CPU per request
+(pyreqwest: Rust's reqwest under asyncio, 0.6–0.8× aiohttp's CPU per request
 on loopback; ``pip install 'drillyard[fast]'``). Both keep up to
 ``max_connections`` connections alive, bound every try by one ``timeout``
 (the body read included), send no cookies and ignore proxy environment
@@ -19,8 +19,6 @@ requests (`TransportClosed`) instead of reopening behind its owner's back.
 
 from __future__ import annotations
 
-import importlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from engine.errors import ConfigError
+from engine.extras import choose_installed
 from engine.resources import close_session
 
 if TYPE_CHECKING:
@@ -74,26 +72,12 @@ class TransportClosed(RuntimeError):
 
 def resolve_client(name: str | None = None) -> Literal["aiohttp", "pyreqwest"]:
     """The client ``name`` selects here (None: ``$DRILLYARD_HTTP_CLIENT``, else auto)."""
-    name = name or os.environ.get(CLIENT_ENV) or "auto"
-    if name not in CLIENTS:
-        raise ConfigError(
-            "policy.http_client",
-            f"unknown HTTP client {name!r}",
-            "use one of auto, aiohttp, pyreqwest",
-        )
-    if name == "aiohttp":
-        return "aiohttp"
-    try:
-        importlib.import_module("pyreqwest")
-    except ImportError as exc:
-        if name == "pyreqwest":
-            raise ConfigError(
-                "policy.http_client",
-                "pyreqwest is not installed",
-                "pip install 'drillyard[fast]', or use http_client='aiohttp'",
-            ) from exc
-        return "aiohttp"
-    return "pyreqwest"
+    chosen = choose_installed(
+        name, env=CLIENT_ENV, what="HTTP client", where="policy.http_client",
+        plain="aiohttp", fast="pyreqwest",
+        fix="pip install 'drillyard[fast]', or use http_client='aiohttp'",
+    )  # fmt: skip
+    return "pyreqwest" if chosen == "pyreqwest" else "aiohttp"
 
 
 class Transport(ABC):
