@@ -18,6 +18,7 @@ import aiohttp
 import anyio
 
 from backends.channel import Channel, ChannelClosed
+from engine.deadlines import within
 from engine.environment import EnvSpec, Observation, ToolCall, ToolSpec
 from engine.errors import ConfigError, EnvironmentLost, InfraError, NotRetryable
 from engine.tasks import TaskView
@@ -131,7 +132,7 @@ class WorkerHandle:
             if deadline is None:
                 status, data = await channel.call(op, env_id, body)
             else:
-                async with asyncio.timeout(deadline):
+                with within(deadline):
                     status, data = await channel.call(op, env_id, body)
         except ChannelClosed as exc:
             raise self._lost(str(exc)) from exc

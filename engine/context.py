@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from engine import prompt_ids
+from engine.deadlines import within
 from engine.environment import Environment, Observation, ToolCall, ToolSpec
 from engine.errors import InfraError
 from engine.messages import Category
@@ -89,6 +90,7 @@ class RolloutContext:
         self._speakers: dict[str, _Speaker] = {}
         self._open_calls: dict[str, tuple[str, ToolCall]] = {}
         self._ids = itertools.count(1)
+        self._loop = asyncio.get_running_loop()  # made inside its attempt's task
 
     def __repr__(self) -> str:
         return f"RolloutContext({self.rollout_id!r}, attempt={self.attempt}, agent={self.agent!r})"
@@ -166,7 +168,7 @@ class RolloutContext:
             async with self._rollout.model_limit:
                 with policy_affinity(self._rollout.id):
                     try:
-                        async with asyncio.timeout(limits.step_timeout):
+                        with within(limits.step_timeout, self._loop):
                             choices = await self._policy.complete(messages, tools, params, n)
                     except TimeoutError as exc:
                         raise InfraError(
@@ -211,7 +213,7 @@ class RolloutContext:
             from engine.rollout import ENVIRONMENT_FAULTS
 
             try:
-                async with asyncio.timeout(timeout):
+                with within(timeout, self._loop):
                     result = await self._env.step(call)
             except TimeoutError:
                 result = Observation.error(f"tool {call.name} did not finish within {timeout}s")
@@ -302,14 +304,18 @@ def _delta(
     previous request (``keep`` of them), and the tools when they changed. The
     token ids an assistant message carries for the next prompt are not recorded
     again (its model reply holds them)."""
-    messages = without_token_ids(messages)
-    previous = speaker.messages
+    previous = speaker.messages  # as the agent sent them, token ids included
     keep = 0
     for a, b in zip(previous, messages, strict=False):
-        if a is not b and a != b:  # the same dict (most of them): no deep compare
+        # the same dict (most of them): no copy and no deep compare
+        if a is not b and without_token_ids([a]) != without_token_ids([b]):
             break
         keep += 1
-    out: dict[str, Any] = {"n_messages": len(messages), "keep": keep, "messages": messages[keep:]}
+    out: dict[str, Any] = {
+        "n_messages": len(messages),
+        "keep": keep,
+        "messages": without_token_ids(messages[keep:]),
+    }
     if keep < len(previous):
         out["rewritten"] = True  # earlier messages changed or were dropped
     tools = tools or []

@@ -24,6 +24,7 @@ import structlog
 from engine.agent import AnyAgent, AppAgent
 from engine.backend import Backend, EnvFactory
 from engine.context import RolloutContext
+from engine.deadlines import within
 from engine.environment import Environment, EnvSpec, Observation, tool_names
 from engine.errors import AgentFailed, InfraError, NotRetryable
 from engine.messages import Category
@@ -185,8 +186,7 @@ class Rollout(Recorder):
         self.worker = None  # set when this attempt gets an environment
         self.transition(S.STARTING)
         try:
-            deadline = asyncio.timeout(self.limits.rollout_timeout)
-            async with deadline:
+            with within(self.limits.rollout_timeout) as deadline:
                 answer = await self._episode()
         except TimeoutError as exc:
             if not deadline.expired():  # some other deadline: the infrastructure's
@@ -272,7 +272,7 @@ class Rollout(Recorder):
     async def bounded(self, awaitable: Awaitable[T], what: str) -> T:
         """``awaitable`` within the step deadline; past it, an `InfraError`."""
         try:
-            async with asyncio.timeout(self.limits.step_timeout):
+            with within(self.limits.step_timeout):
                 return await awaitable
         except TimeoutError as exc:
             raise InfraError(f"{what} took longer than {self.limits.step_timeout}s") from exc
