@@ -13,7 +13,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from engine.messages import Category, Message
+from engine.messages import Category
 from engine.store import TraceStore
 
 
@@ -98,9 +98,9 @@ class Recorder:
             self.seq += 1
         else:
             seq, attempt, created = at
-        self.store.record(
-            Message(self.run_id, self.id, seq, attempt, sender, receiver, category, topic,
-                    payload or {}, self.headers(), created_at=created)
+        self.store.append(
+            self.id, seq, attempt, sender, receiver, category, topic, payload or {},
+            self.headers(), created,
         )  # fmt: skip
 
     def transition(self, new: RolloutState, reason: str | None = None) -> None:

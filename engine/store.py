@@ -310,20 +310,41 @@ class TraceStore:
 
     def record(self, msg: Message) -> None:
         """Enqueue one message."""
+        self.append(
+            msg.rollout_id, msg.seq, msg.attempt, msg.sender, msg.receiver, msg.category,
+            msg.topic, msg.payload, msg.headers, msg.created_at, msg.priority,
+        )  # fmt: skip
+
+    def append(
+        self,
+        rollout_id: str,
+        seq: int,
+        attempt: int,
+        sender: str,
+        receiver: str,
+        category: str,
+        topic: str,
+        payload: dict[str, Any],
+        headers: dict[str, Any],
+        created_at: float,
+        priority: int = 0,
+    ) -> None:
+        """Enqueue one message given by its fields (`record` without the `Message`: the
+        recorder's path, which has no use for the object)."""
         self._writable("record()")
         self._batch.messages.append(
             (
-                self._nums[msg.rollout_id],
-                msg.seq,
-                msg.attempt,
-                msg.sender,
-                msg.receiver,
-                str(msg.category),
-                msg.topic,
-                msg.priority,
-                _dumps(msg.headers) if msg.headers else None,
-                _dumps(msg.payload),
-                msg.created_at,
+                self._nums[rollout_id],
+                seq,
+                attempt,
+                sender,
+                receiver,
+                str(category),
+                topic,
+                priority,
+                _dumps(headers) if headers else None,
+                _dumps(payload),
+                created_at,
             )
         )
         self._enqueued()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,14 +18,27 @@ a policy over several servers keeps the calls of one key on one server (its
 prefix cache). None: no conversation, any server will do."""
 
 
-@contextmanager
-def policy_affinity(key: str | None) -> Iterator[None]:
+def policy_affinity(key: str | None) -> AffinityScope:
     """``with policy_affinity(rollout_id):`` the model calls inside belong to ``key``."""
-    token = affinity.set(key)
-    try:
-        yield
-    finally:
-        affinity.reset(token)
+    return AffinityScope(key)
+
+
+class AffinityScope:
+    """`policy_affinity`'s block: a class, not a generator (entered on every model call)."""
+
+    __slots__ = ("_key", "_token")
+
+    def __init__(self, key: str | None) -> None:
+        self._key = key
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = affinity.set(self._key)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            affinity.reset(self._token)
+            self._token = None
 
 
 @dataclass(frozen=True, slots=True)
