@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from engine.backend import build_environment
+from engine.deadlines import within
 from engine.environment import (
     Environment,
     EnvSpec,
@@ -190,7 +191,7 @@ class EnvHost:
         """One environment call, counted in ``calls`` and held to ``call_timeout``."""
         self.calls += 1
         try:
-            async with asyncio.timeout(self.call_timeout):  # a timer, not a task, per call
+            with within(self.call_timeout):  # no task, and no timer of its own, per call
                 return await awaitable
         finally:  # done, failed, or cancelled (the engine gave up on it)
             self.calls -= 1
