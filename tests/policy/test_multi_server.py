@@ -191,10 +191,11 @@ async def test_no_server_left_is_a_policy_error_naming_each_and_the_attempt_retr
 
 
 async def test_a_reload_holds_new_calls_until_the_calls_in_flight_are_done() -> None:
-    release = asyncio.Event()
+    arrived, release = asyncio.Event(), asyncio.Event()
     order: list[str] = []
 
     async def slow(body: dict[str, Any]) -> dict[str, Any]:
+        arrived.set()
         await release.wait()
         return reply("old")
 
@@ -216,7 +217,9 @@ async def test_a_reload_holds_new_calls_until_the_calls_in_flight_are_done() -> 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(complete, "in flight")
-            await anyio.wait_all_tasks_blocked()
+            # at the server: the HTTP client may carry it on a thread of its own (pyreqwest),
+            # where waiting for every task here to block says nothing
+            await arrived.wait()
             tg.start_soon(reload)
             await anyio.wait_all_tasks_blocked()
             tg.start_soon(complete, "during the reload")
