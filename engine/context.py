@@ -147,7 +147,9 @@ class RolloutContext:
         fields, ``request`` adds fields to the recorded request (e.g. ``stream``)."""
         self._check_open()
         agent = agent or self.agent
-        speaker = self._speakers.setdefault(agent, _Speaker())
+        speaker = self._speakers.get(agent)
+        if speaker is None:
+            speaker = self._speakers[agent] = _Speaker()
         speaker.turn += 1
         turn = speaker.turn
         self._rollout.turns += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +204,13 @@ def test_http_mode_drives_real_http_and_accounts_for_every_turn(tmp_path: Path) 
         assert run["over_floor"] == pytest.approx(
             run["engine_cpu_per_turn_ms"] / floor["cpu_per_turn_ms"]
         )
+        if sys.platform == "linux":  # the CPU split by thread: the loop's, the store's writer
+            assert {"event loop", "drillyard-store-writer"} <= set(run["cpu_by_thread_ms"])
+            assert "event loop" in floor["cpu_by_thread_ms"]
     assert one["messages"] == four["messages"]  # the same record whatever the concurrency
     md = (tmp_path / "h.md").read_text()
     assert "| 4 | 6 | 3 |" in md and "## The floor" in md
+    assert ("## Where the CPU goes, by thread" in md) == (sys.platform == "linux")
 
 
 def test_http_mode_runs_without_the_floor_on_request(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from engine.tasks import Task, TaskView
 
 from .http_control import ControlRun, measure_control
 from .openai_server import MODEL, TOOL
+from .threads import cpu_by_thread, per_turn_ms, thread_cpu
 
 ENV_NAME = "bench.sleep"
 ANSWER = "42"
@@ -104,6 +105,8 @@ class HttpRun:
     rows_written: int
     states: dict[str, int]
     load_before: float
+    # ms of CPU a turn by thread (`engine.benchmark.threads`); None off Linux
+    cpu_by_thread_ms: dict[str, float] | None = None
     control: ControlRun | None = None  # the same workload through the HTTP client alone
 
     @property
@@ -244,6 +247,7 @@ async def measure_http(
             progress=False,
         ) as engine:
             server0 = server.cpu_s()
+            threads0 = thread_cpu()
             cpu0 = time.process_time()
             t0 = time.perf_counter()
             run = await engine.run(
@@ -251,6 +255,7 @@ async def measure_http(
             )
             wall = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
+            threads = cpu_by_thread(threads0, thread_cpu())  # the store's writer still runs
             server1 = server.cpu_s()
             await engine.store.commit()
             states = await run.counts()
@@ -281,7 +286,14 @@ async def measure_http(
         rows_written=rows,
         states=states,
         load_before=load,
+        cpu_by_thread_ms=per_turn_ms(threads, n_turns),
     )
+
+
+def _threads_cell(by_thread: dict[str, float] | None) -> str:
+    if not by_thread:
+        return "—"
+    return ", ".join(f"{name} {ms:.3f}" for name, ms in by_thread.items() if ms >= 0.0005)
 
 
 def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
@@ -341,6 +353,25 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
                 f"| {r.in_flight:,} | {c.efficiency:.3f} | {c.cpu_per_turn_ms:.3f} ms | "
                 f"{r.efficiency:.3f} | {r.engine_cpu_per_turn_ms:.3f} ms | "
                 f"{r.over_floor:.2f}× | {c.load_before:.1f} |"
+            )
+        lines.append("")
+    if any(r.cpu_by_thread_ms for r in runs):
+        lines += [
+            "## Where the CPU goes, by thread",
+            "",
+            "CPU ms a turn of each thread of this process (`engine/benchmark/threads.py`): "
+            "`event loop` runs the driver, the recording and the HTTP client's Python side; "
+            "`drillyard-store-writer` is the store's SQLite thread; `pyreqwest` is that "
+            "client's Tokio runtime.",
+            "",
+            "| in flight | engine, by thread (ms a turn) | floor, by thread (ms a turn) |",
+            "|---:|---|---|",
+        ]
+        for r in runs:
+            floor = r.control.cpu_by_thread_ms if r.control is not None else None
+            lines.append(
+                f"| {r.in_flight:,} | {_threads_cell(r.cpu_by_thread_ms)} | "
+                f"{_threads_cell(floor)} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -25,6 +25,8 @@ import orjson
 
 from engine.policy.transport import Failure, Transport, open_transport, resolve_client
 
+from .threads import cpu_by_thread, per_turn_ms, thread_cpu
+
 
 @dataclass
 class ControlRun:
@@ -38,6 +40,7 @@ class ControlRun:
     requests: int
     answered: int  # conversations the server ended with the answer on their last turn
     load_before: float
+    cpu_by_thread_ms: dict[str, float] | None = None  # ms a turn by thread; None off Linux
 
 
 async def measure_control(
@@ -97,6 +100,7 @@ async def measure_control(
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
     try:
+        threads0 = thread_cpu()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         async with asyncio.TaskGroup() as tg:
@@ -104,6 +108,7 @@ async def measure_control(
                 tg.create_task(worker(transport))
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+        threads = cpu_by_thread(threads0, thread_cpu())
     finally:
         await transport.aclose()
     return ControlRun(
@@ -115,4 +120,5 @@ async def measure_control(
         requests=next(requests),
         answered=answered,
         load_before=load,
+        cpu_by_thread_ms=per_turn_ms(threads, rollouts * turns),
     )

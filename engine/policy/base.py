@@ -33,7 +33,8 @@ class AffinityScope:
         self._token: Token[str | None] | None = None
 
     def __enter__(self) -> None:
-        self._token = affinity.set(self._key)
+        if affinity.get() != self._key:  # the built-in loop's calls: already the attempt's
+            self._token = affinity.set(self._key)
 
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:

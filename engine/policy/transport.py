@@ -185,8 +185,11 @@ class ReqwestTransport(Transport):
         super().__init__(max_connections=max_connections, timeout=timeout, headers=headers)
         self._client: ReqwestClient | None = None
         from pyreqwest import exceptions
+        from pyreqwest.http import Url
 
         self._errors = exceptions
+        self._url_type = Url
+        self._urls: dict[str, Url] = {}  # each route parsed once (~0.9 µs a request)
 
     def _ensure(self) -> ReqwestClient:
         self._check_open()
@@ -214,8 +217,11 @@ class ReqwestTransport(Transport):
     ) -> Reply | Failure:
         client = self._ensure()
         errors = self._errors
+        parsed = self._urls.get(url)
         try:
-            builder = client.request(method, url)
+            if parsed is None:
+                parsed = self._urls[url] = self._url_type(url)
+            builder = client.request(method, parsed)
             if body is not None:
                 builder = builder.body_bytes(body)
             if headers:
