@@ -32,7 +32,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Self
 
-import aiohttp
 import anyio
 import orjson
 import structlog
@@ -42,7 +41,8 @@ from engine.errors import ConfigError, PolicyError
 from engine.policy.base import Completion, SamplingParams, affinity
 from engine.policy.openai import Failure, OpenAIPolicy
 from engine.policy.tokens import TokenContinuation
-from engine.resources import AsyncResource, close_session
+from engine.policy.transport import Transport, open_transport
+from engine.resources import AsyncResource
 
 log = structlog.get_logger("drillyard.policy")
 
@@ -147,7 +147,7 @@ class MultiServerPolicy(AsyncResource):
         self.probe_timeout = probe_timeout
         self.max_affinities = max_affinities
         self._affinity: OrderedDict[str, _Server] = OrderedDict()
-        self._probe_session: aiohttp.ClientSession | None = None
+        self._probe_client: Transport | None = None  # its own few connections: probes never queue
         self._holds = 0
         self._active = 0
         self._open = asyncio.Event()
@@ -208,8 +208,9 @@ class MultiServerPolicy(AsyncResource):
         for s in self._servers:
             s.probe = None
             await s.client.aclose()
-        session, self._probe_session = self._probe_session, None
-        await close_session(session)
+        probe, self._probe_client = self._probe_client, None
+        if probe is not None:
+            await probe.aclose()
 
     # ---- calls -------------------------------------------------------------
 
@@ -402,14 +403,17 @@ class MultiServerPolicy(AsyncResource):
         return server
 
     async def _get(self, server: _Server, path: str) -> tuple[int, bytes] | None:
-        if self._probe_session is None or self._probe_session.closed:
-            self._probe_session = aiohttp.ClientSession()
-        try:
-            with anyio.fail_after(self.probe_timeout):
-                async with self._probe_session.get(server.root + path) as resp:
-                    return resp.status, await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
+        """One probe through the policy's HTTP client (its own small pool, bounded by
+        ``probe_timeout``): the status and body, or None when no reply came."""
+        if self._probe_client is None:
+            self._probe_client = open_transport(
+                self._servers[0].client.transport_name, max_connections=len(self._servers),
+                timeout=self.probe_timeout, headers={},
+            )  # fmt: skip
+        reply = await self._probe_client.request("GET", server.root + path)
+        if isinstance(reply, Failure):
             return None
+        return reply.status, bytes(reply.body)
 
     async def _healthy(self, server: _Server) -> bool:
         reply = await self._get(server, "/health")

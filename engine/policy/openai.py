@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
 import orjson
@@ -105,7 +105,7 @@ class OpenAIPolicy(AsyncResource):
         }
 
     @property
-    def transport_name(self) -> str:
+    def transport_name(self) -> Literal["aiohttp", "pyreqwest"]:
         """The HTTP client this policy's requests go through (``aiohttp``, ``pyreqwest``)."""
         return self._client
 
