@@ -61,7 +61,9 @@ def cpu_by_thread(
     before: dict[int, ThreadCpu] | None, after: dict[int, ThreadCpu] | None
 ) -> dict[str, float] | None:
     """CPU seconds spent between two `thread_cpu` samples, summed by thread name
-    (a thread started in between counts from zero); None if either is None."""
+    (a thread started in between counts from zero; one that ended in between is
+    not there to count: take the second sample while the threads that matter
+    still run); None if either is None."""
     if before is None or after is None:
         return None
     spent: dict[str, float] = {}
