@@ -17,10 +17,11 @@ from bfcl.agent import bfcl_agent, replay_policy
 from bfcl.loader import load_bfcl
 from bfcl.package import CATEGORIES
 from engine.api import Engine, Run
-from engine.cli import close_policy, console, parse_ks, print_report, run_command
+from engine.cli import console, parse_ks, print_report, run_command
 from engine.errors import ConfigError
 from engine.policy.base import Policy, SamplingParams
 from engine.policy.openai import OpenAIPolicy
+from engine.resources import close_policy
 
 
 def build_parser() -> argparse.ArgumentParser:

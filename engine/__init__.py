@@ -16,6 +16,7 @@ from engine.errors import (
     NotRetryable,
     PluginNotFound,
     PolicyError,
+    ShardError,
     StoreNotOpen,
     TaskFileError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "Run",
     "SamplingParams",
     "ScriptedPolicy",
+    "ShardError",
     "Slot",
     "StoreNotOpen",
     "Task",

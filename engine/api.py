@@ -40,6 +40,7 @@ from engine.resources import AsyncResource
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.scheduler import Pending, Scheduler, SchedulerConfig
 from engine.scoring import resolve_scorer
+from engine.shards import ShardPool, ShardReport, check_shards, check_shippable
 from engine.store import RolloutRecord, TraceStore
 from engine.tasks import Task, check_unique_ids
 from engine.trajectory import TokenTrajectory, rollout_trajectories
@@ -100,10 +101,7 @@ class Run:
 
     async def counts(self) -> dict[str, int]:
         """How many rollouts are in each state."""
-        out: dict[str, int] = {}
-        for r in await self.rollouts():
-            out[r.state] = out.get(r.state, 0) + 1
-        return out
+        return await self.store.state_counts(self.id)
 
     async def rewards(self) -> dict[str, list[float | None]]:
         """Per task (GRPO group), the reward of each sample (None: no result)."""
@@ -136,6 +134,8 @@ class Engine(AsyncResource):
 
     ``store`` is a path or an open-able `TraceStore`; ``backend`` a registered
     name (``"inprocess"``, ``"subprocess"``, ``"kubernetes"``) or a `Backend`.
+    ``shards`` > 1 drives each run over that many engine processes, started
+    with the engine (`engine.shards`; the backend then by name).
     """
 
     def __init__(
@@ -151,6 +151,7 @@ class Engine(AsyncResource):
         step_timeout: float = 120.0,
         rollout_timeout: float | None = None,
         progress: bool | None = None,
+        shards: int = 1,
     ) -> None:
         self.store = store if isinstance(store, TraceStore) else TraceStore(store)
         self.backend = (
@@ -161,6 +162,11 @@ class Engine(AsyncResource):
         if max_model_requests < 1:
             raise ConfigError("max_model_requests", f"must be >= 1, got {max_model_requests}")
         self.max_model_requests = max_model_requests
+        self.shards = check_shards(
+            shards, self.store, backend, max_rollouts=max_rollouts,
+            max_model_requests=max_model_requests,
+        )  # fmt: skip
+        self.backend_options = dict(backend_options or {})
         self.scheduler_config = SchedulerConfig(
             max_rollouts=max_rollouts,
             max_attempts=max_attempts,
@@ -171,20 +177,30 @@ class Engine(AsyncResource):
         self._model_limit = asyncio.Semaphore(max_model_requests)
         self._gateway: Gateway | None = None
         self.last_scheduler: Scheduler | None = None
+        self.last_shards: list[ShardReport] = []  # the last sharded run's shards
+        self.shard_pool: ShardPool | None = None  # with shards > 1, while open
 
     async def __aenter__(self) -> Self:
         configure_logging()
         await self.store.open()
         try:
             await self.backend.start()
+            if self.shards > 1:
+                self.shard_pool = ShardPool(self)
+                await self.shard_pool.start()
         except BaseException:
-            await self.store.close()
+            with anyio.CancelScope(shield=True):
+                await self.backend.close()
+                await self.store.close()
             raise
         return self
 
     async def aclose(self) -> None:
         """Close the gateway and the backend, then the store (everything recorded is committed)."""
         try:
+            pool, self.shard_pool = self.shard_pool, None
+            if pool is not None:
+                await pool.aclose()
             gateway, self._gateway = self._gateway, None
             if gateway is not None:
                 await gateway.aclose()
@@ -222,6 +238,12 @@ class Engine(AsyncResource):
         """Open a run that batches of rollouts are added to over time (a training
         job); see `engine.live`. An existing ``run_id`` of this store is continued.
         ``agent`` may be None when every batch item brings its own."""
+        if self.shards > 1:
+            raise ConfigError(
+                "shards",
+                "a live run (training) is driven in one process",
+                "open the engine for training with shards=1 (the default)",
+            )
         env = self._environment(environment)
         score_fn = resolve_scorer(scorer)
         run_id = run_id or new_run_id()
@@ -274,6 +296,8 @@ class Engine(AsyncResource):
         env = self._environment(environment)
         score_fn = resolve_scorer(scorer)
         await preflight(agent.policy)  # an unreachable model server fails here, once
+        if self.shards > 1:
+            check_shippable(agent, env, score_fn)
         run_id = run_id or new_run_id()
         config = self._run_config(
             env, scorer, agent.describe(), samples, metadata, _order_name(order)
@@ -325,10 +349,9 @@ class Engine(AsyncResource):
             )
         score_fn = resolve_scorer(scorer if scorer is not None else record.config["scorer"])
         await preflight(agent.policy)
-        tasks = {t.id: t for t in await self.store.tasks(run_id)}
-        unfinished = await self.store.unfinished(run_id)
-        seqs = await self.store.next_seqs(run_id)
-        pending = [Pending(r, tasks[r.task_id], seqs[r.id]) for r in unfinished]
+        if self.shards > 1:
+            check_shippable(agent, env, score_fn)
+        pending = await self.unfinished_pending(run_id)
         todo = list({p.task.id: p.task for p in pending}.values())
         pending = longest_first(pending, _task_of, await estimates(todo, order, self.store))
         self.store.set_run_status(run_id, "running")
@@ -355,6 +378,7 @@ class Engine(AsyncResource):
             "limits": {
                 "max_rollouts": self.scheduler_config.max_rollouts,
                 "max_model_requests": self.max_model_requests,
+                "shards": self.shards,
                 "max_attempts": self.scheduler_config.max_attempts,
                 "step_timeout": self.scheduler_config.limits.step_timeout,
                 "rollout_timeout": self.scheduler_config.limits.rollout_timeout,
@@ -373,6 +397,19 @@ class Engine(AsyncResource):
             return environment
         raise ConfigError("environment", f"{environment!r} is not a name, EnvSpec or factory")
 
+    async def unfinished_pending(self, run_id: str, only: list[str] | None = None) -> list[Pending]:
+        """The run's rollouts without a result, ready to drive (``only``: those of
+        these ids that are unfinished, in that order)."""
+        tasks = {t.id: t for t in await self.store.tasks(run_id)}
+        seqs = await self.store.next_seqs(run_id)
+        pending = [
+            Pending(r, tasks[r.task_id], seqs[r.id]) for r in await self.store.unfinished(run_id)
+        ]
+        if only is None:
+            return pending
+        by_id = {p.record.id: p for p in pending}
+        return [by_id[i] for i in only if i in by_id]
+
     async def _drive(
         self,
         run_id: str,
@@ -381,17 +418,35 @@ class Engine(AsyncResource):
         env: EnvSpec | EnvFactory,
         score_fn: Scorer,
     ) -> None:
+        """Drive ``pending`` to a result each (here, or over the engine's shards);
+        the run is ``finished`` after, ``interrupted`` if this is stopped."""
+        status = "interrupted"
+        try:
+            if self.shards > 1 and len(pending) > 1:
+                from engine.shards import drive_sharded
+
+                await drive_sharded(self, run_id, pending, agent, env, score_fn)
+            else:
+                await self.schedule(run_id, pending, agent, env, score_fn)
+            status = "finished"
+        finally:
+            with anyio.CancelScope(shield=True):
+                self.store.set_run_status(run_id, status)
+                await self.store.commit()
+                log.info("run ended", run=run_id, status=status)
+
+    async def schedule(
+        self,
+        run_id: str,
+        pending: list[Pending],
+        agent: AnyAgent,
+        env: EnvSpec | EnvFactory,
+        score_fn: Scorer,
+    ) -> None:
+        """The one driver: every pending rollout to a result, in this process."""
         gateway = await self.gateway() if agent.uses_gateway else None
         show = self.progress if self.progress is not None else len(pending) >= 50
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[states]}"),
-            TimeElapsedColumn(),
-            disable=not show,
-            transient=False,
-        )
+        progress = progress_bar(show)
         bar = progress.add_task(run_id, total=len(pending), states="")
         tally: dict[str, int] = {}
 
@@ -414,16 +469,22 @@ class Engine(AsyncResource):
             gateway=gateway,
         )
         self.last_scheduler = scheduler
-        status = "interrupted"
-        try:
-            with progress:
-                await scheduler.run(pending)
-            status = "finished"
-        finally:
-            with anyio.CancelScope(shield=True):
-                self.store.set_run_status(run_id, status)
-                await self.store.commit()
-                log.info("run ended", run=run_id, status=status, **tally)
+        with progress:
+            await scheduler.run(pending)
+        log.info("rollouts driven", run=run_id, **tally)
+
+
+def progress_bar(show: bool) -> Progress:
+    """A run's progress bar: rollouts with a result, by state (hidden unless ``show``)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[states]}"),
+        TimeElapsedColumn(),
+        disable=not show,
+        transient=False,
+    )
 
 
 def _task_of(item: Pending) -> Task:

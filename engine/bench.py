@@ -275,15 +275,17 @@ async def run_http(args: argparse.Namespace) -> None:
                     console.print(f"  floor ({floor.http_client}, no engine): efficiency "
                                   f"{floor.efficiency:.3f}, "
                                   f"{floor.cpu_per_turn_ms:.3f} ms/turn")  # fmt: skip
-                r = await measure_http(server, c, rollouts, turns, args.latency,
-                                       args.tool_sleep, Path(tmp), args.http_client)  # fmt: skip
-                r.control = floor
-                if r.states != {"done": rollouts}:
-                    console.print(f"[yellow]not every rollout ended done: {r.states}[/yellow]")
-                console.print(f"  wall {r.wall_s:.1f} s (ideal {r.ideal_s:.1f} s), efficiency "
-                              f"{r.efficiency:.3f}, engine CPU {r.engine_cpu_per_turn_ms:.3f} "
-                              f"ms/turn")  # fmt: skip
-                runs.append(r)
+                for k in args.shards:
+                    r = await measure_http(server, c, rollouts, turns, args.latency,
+                                           args.tool_sleep, Path(tmp), args.http_client,
+                                           shards=k)  # fmt: skip
+                    r.control = floor
+                    if r.states != {"done": rollouts}:
+                        console.print(f"[yellow]not every rollout ended done: {r.states}[/yellow]")
+                    console.print(f"  {k} shard(s): wall {r.wall_s:.1f} s (ideal {r.ideal_s:.1f} "
+                                  f"s), efficiency {r.efficiency:.3f}, engine CPU "
+                                  f"{r.engine_cpu_per_turn_ms:.3f} ms/turn")  # fmt: skip
+                    runs.append(r)
     cmd = _command(args.argv)
     md = http_markdown(cmd, runs, args.server_procs)
     console.print(md)
@@ -511,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_counts_of("--in-flight", 1, "16,1024"),
         default=[16, 64, 256, 1024, 4096],
         help="rollouts in flight, one run each (16,64,256,1024,4096)",
+    )
+    h.add_argument(
+        "--shards",
+        type=_counts_of("--shards", 1, "1,2"),
+        default=[1],
+        help="engine processes (Engine(shards=K)), one engine run each per --in-flight (1)",
     )
     h.add_argument("--latency", type=float, default=0.2, help="server seconds per reply (0.2)")
     h.add_argument("--tool-sleep", type=float, default=0.1, help="tool seconds per call (0.1)")

@@ -18,6 +18,7 @@ from engine import eventloop
 from engine.api import Engine, Run
 from engine.config import agent_from_description, load_config
 from engine.errors import ConfigError, DrillyardError
+from engine.resources import close_policy
 from engine.store import TraceStore
 
 console = Console(stderr=False)
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--latency", type=float, help="oracle: seconds per model call")
     run.add_argument("--mistake-rate", type=float, help="oracle: chance of a wrong answer")
     run.add_argument("--max-rollouts", type=int, help="rollouts in flight (default 64)")
+    run.add_argument(
+        "--shards", type=int, help="engine processes sharing the run's rollouts (default 1)"
+    )
     run.add_argument("--max-turns", type=int, help="turn limit per rollout (default 8)")
     run.add_argument("--k", type=parse_ks, help="pass@k to report, e.g. 1,4,8")
     run.add_argument("--run-id", help="name the run (default: a fresh id)")
@@ -178,6 +182,7 @@ async def _run(args: argparse.Namespace) -> int:
         "samples": args.samples,
         "scorer": args.scorer,
         "max_rollouts": args.max_rollouts,
+        "shards": args.shards,
         "ks": args.k,
         "environment.name": args.env,
         "agent.max_turns": args.max_turns,
@@ -210,6 +215,7 @@ async def _run(args: argparse.Namespace) -> int:
         step_timeout=cfg.step_timeout,
         rollout_timeout=cfg.rollout_timeout,
         progress=args.progress,
+        shards=cfg.shards,
     ) as engine:
         run_id = args.run_id
         console.print(f"store: {cfg.store}")
@@ -232,13 +238,6 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def close_policy(policy: Any) -> None:
-    """Close a policy that holds a session (``aclose``); others need nothing."""
-    close = getattr(policy, "aclose", None)
-    if close is not None:
-        await close()
-
-
 async def _resume(args: argparse.Namespace) -> int:
     async with TraceStore(args.store) as store:
         cfg = (await store.run(args.run_id)).config
@@ -252,6 +251,7 @@ async def _resume(args: argparse.Namespace) -> int:
         max_attempts=limits.get("max_attempts", 3),
         step_timeout=limits.get("step_timeout", 120.0),
         rollout_timeout=limits.get("rollout_timeout"),
+        shards=limits.get("shards", 1),
     ) as engine:
         try:
             run = await engine.resume(args.run_id, agent)

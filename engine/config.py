@@ -115,6 +115,7 @@ class RunConfig(_Strict):
     scorer: str = "exact"
     ks: list[int] = Field(default_factory=lambda: [1])
     max_rollouts: int = Field(default=64, ge=1)
+    shards: int = Field(default=1, ge=1)  # engine processes (`engine.shards`)
     max_model_requests: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     step_timeout: float = Field(default=120.0, gt=0)

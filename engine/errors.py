@@ -62,3 +62,18 @@ class AgentFailed(DrillyardError):
 
 class NotRetryable(DrillyardError):
     """A fault that another attempt cannot fix (for example a scorer that raises)."""
+
+
+class ShardError(DrillyardError):
+    """A shard process failed with an error; ``detail`` is its traceback."""
+
+    def __init__(self, index: int, detail: str, *, starting: bool = False) -> None:
+        last = detail.strip().splitlines()[-1] if detail.strip() else "no traceback"
+        after = (
+            "(it could not start: its store, its backend or what it imports)"
+            if starting
+            else "(the run is left interrupted: engine.resume(run_id, agent) finishes it "
+            "once the cause is fixed)"
+        )
+        super().__init__(f"shard {index} failed: {last} {after}")
+        self.index, self.detail = index, detail

@@ -86,6 +86,12 @@ def tuned_gc(threshold: int | None = None) -> Iterator[None]:
             gc.unfreeze()
 
 
+def running() -> Literal["asyncio", "uvloop"]:
+    """The loop the calling coroutine runs on, by the name `run` takes."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
 def run(main: Coroutine[Any, Any, T], loop: str | None = None) -> T:
     """``asyncio.run(main)`` on the loop `resolve` picks, under `tuned_gc`."""
     try:

@@ -55,6 +55,12 @@ def register(kind: str, name: str, obj: Any) -> None:
     _REGISTERED[kind][name] = obj
 
 
+def registered(kind: str, name: str) -> Any | None:
+    """What `register` put under ``name`` in this process, else None."""
+    _check_kind(kind)
+    return _REGISTERED[kind].get(name)
+
+
 def declare(kind: str, name: str, target: str, extra: str | None = None) -> None:
     """Declare a lazily imported plug-in: ``target`` is ``"module:attribute"``,
     imported on first use; ``extra`` names the drillyard extra that installs

@@ -14,7 +14,7 @@ from typing import Self
 import aiohttp
 import anyio
 
-__all__ = ["AsyncResource", "close_session"]
+__all__ = ["AsyncResource", "close_policy", "close_session"]
 
 
 class AsyncResource:
@@ -41,3 +41,10 @@ async def close_session(session: aiohttp.ClientSession | None) -> None:
     if session is not None:
         with anyio.CancelScope(shield=True):
             await session.close()
+
+
+async def close_policy(policy: object) -> None:
+    """Close a policy that holds a session (``aclose``); others need nothing."""
+    close = getattr(policy, "aclose", None)
+    if close is not None:
+        await close()

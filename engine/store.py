@@ -557,3 +557,12 @@ class TraceStore:
                 (run_id,),
             )
         return int(rows[0]["n"])
+
+    async def state_counts(self, run_id: str) -> dict[str, int]:
+        """How many of a run's rollouts are in each state."""
+        rows = await self._fetch(
+            "SELECT state, COUNT(*) AS n FROM rollouts WHERE run_id=?"
+            " GROUP BY state ORDER BY state",
+            (run_id,),
+        )
+        return {r["state"]: int(r["n"]) for r in rows}

@@ -182,7 +182,7 @@ class SqliteWriter:
     def _commit(self, b: Batch) -> None:
         db = self._db
         assert db is not None, "the writer is not open"
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")  # the write lock now, waited for: shards share the file
         try:
             for sql, params in b.runs:
                 db.execute(sql, params)

@@ -20,11 +20,12 @@ from rich.table import Table
 
 from engine.agent import Agent
 from engine.api import Engine, Run
-from engine.cli import close_policy, console, print_report, run_command
+from engine.cli import console, print_report, run_command
 from engine.environment import EnvSpec
 from engine.errors import ConfigError
 from engine.policy.base import Policy, SamplingParams
 from engine.policy.openai import OpenAIPolicy
+from engine.resources import close_policy
 from engine.store import TraceStore
 from engine.tasks import Task, load_tasks
 from scaler.agents import GoldReplay, NoisyReplay

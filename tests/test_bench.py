@@ -209,8 +209,21 @@ def test_http_mode_drives_real_http_and_accounts_for_every_turn(tmp_path: Path) 
             assert "event loop" in floor["cpu_by_thread_ms"]
     assert one["messages"] == four["messages"]  # the same record whatever the concurrency
     md = (tmp_path / "h.md").read_text()
-    assert "| 4 | 6 | 3 |" in md and "## The floor" in md
+    assert "| 4 | 1 | 6 | 3 |" in md and "## The floor" in md
     assert ("## Where the CPU goes, by thread" in md) == (sys.platform == "linux")
+
+
+def test_http_mode_measures_a_sharded_engine_with_its_shards_cpu(tmp_path: Path) -> None:
+    main(["--http", "--rollouts", "6", "--turns", "3", "--in-flight", "4", "--shards", "1,2",
+          "--latency", "0.02", "--tool-sleep", "0.01", "--server-procs", "1", "--no-control",
+          "--out", str(tmp_path), "--name", "s"])  # fmt: skip
+    one, two = json.loads((tmp_path / "s.json").read_text())["runs"]
+    assert (one["shards"], two["shards"]) == (1, 2)
+    assert one["states"] == two["states"] == {"done": 6}
+    assert one["messages"] == two["messages"]  # the same record from two processes
+    assert one["shards_cpu_s"] == 0 and 0 < two["shards_cpu_s"] <= two["engine_cpu_s"]
+    assert two["requests"] is None and two["cpu_by_thread_ms"] is None  # counted in the shards
+    assert "| 4 | 2 | 6 | 3 |" in (tmp_path / "s.md").read_text()
 
 
 def test_http_mode_runs_without_the_floor_on_request(tmp_path: Path) -> None:

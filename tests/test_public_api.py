@@ -37,6 +37,7 @@ def test_public_names_are_pinned() -> None:
         "Run",
         "SamplingParams",
         "ScriptedPolicy",
+        "ShardError",
         "Slot",
         "StoreNotOpen",
         "Task",

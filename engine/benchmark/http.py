@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import registry
+from engine import eventloop, registry
 from engine.agent import Agent
 from engine.api import Engine
 from engine.environment import EnvSpec, Observation, ToolCall, ToolSpec
@@ -99,14 +99,16 @@ class HttpRun:
     engine_cpu_share: float  # of one core, over the wall time
     server_cpu_s: float | None
     server_cpu_per_turn_ms: float | None
-    requests: int
-    retried: int
+    requests: int | None
+    retried: int | None
     messages: int
     rows_written: int
     states: dict[str, int]
     load_before: float
-    # ms of CPU a turn by thread (`engine.benchmark.threads`); None off Linux
+    # ms of CPU a turn by thread (`engine.benchmark.threads`); None off Linux, or sharded
     cpu_by_thread_ms: dict[str, float] | None = None
+    shards: int = 1  # engine processes (`Engine(shards=…)`)
+    shards_cpu_s: float = 0.0  # of engine_cpu_s, the shard processes' (start-up included)
     control: ControlRun | None = None  # the same workload through the HTTP client alone
 
     @property
@@ -201,11 +203,6 @@ async def measure_floor(
     )  # fmt: skip
 
 
-def running_loop() -> str:
-    """``uvloop`` or ``asyncio``: the loop this coroutine runs on."""
-    return type(asyncio.get_running_loop()).__module__.split(".")[0]
-
-
 def raise_fd_limit(need: int) -> None:
     """One socket per request in flight: lift the soft limit on open files toward the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -223,8 +220,10 @@ async def measure_http(
     tool_s: float,
     store_dir: Path,
     http_client: str | None = None,
+    shards: int = 1,
 ) -> HttpRun:
-    """N rollouts of T turns at C in flight through the real engine; one fresh store."""
+    """N rollouts of T turns at C in flight through the real engine; one fresh store.
+    With ``shards`` > 1 the engine's CPU is this process's plus its shards'."""
     raise_fd_limit(in_flight + 1024)
     tasks = [Task(f"t{i}", f"Task #{i}: sleep {turns - 1} times, then answer.", ANSWER)
              for i in range(rollouts)]  # fmt: skip
@@ -240,11 +239,12 @@ async def measure_http(
             sampling=SAMPLING,
         )
         async with Engine(
-            store=store_dir / f"http-{in_flight}.db",
+            store=store_dir / f"http-{in_flight}-{shards}.db",
             backend="inprocess",
             max_rollouts=in_flight,
             max_model_requests=in_flight,
             progress=False,
+            shards=shards,
         ) as engine:
             server0 = server.cpu_s()
             threads0 = thread_cpu()
@@ -254,7 +254,8 @@ async def measure_http(
                 tasks, agent, environment=EnvSpec(ENV_NAME, {"seconds": tool_s}), scorer="exact"
             )
             wall = time.perf_counter() - t0
-            cpu = time.process_time() - cpu0
+            shards_cpu = sum(r.cpu_s or 0.0 for r in engine.last_shards)
+            cpu = time.process_time() - cpu0 + shards_cpu
             threads = cpu_by_thread(threads0, thread_cpu())  # the store's writer still runs
             server1 = server.cpu_s()
             await engine.store.commit()
@@ -270,7 +271,7 @@ async def measure_http(
         turns=turns,
         latency_s=latency,
         tool_s=tool_s,
-        loop=running_loop(),
+        loop=eventloop.running(),
         http_client=policy.transport_name,
         wall_s=wall,
         ideal_s=ideal,
@@ -280,13 +281,16 @@ async def measure_http(
         engine_cpu_share=cpu / wall,
         server_cpu_s=server_cpu,
         server_cpu_per_turn_ms=server_cpu / n_turns * 1e3 if server_cpu is not None else None,
-        requests=policy.requests,
-        retried=policy.retried,
+        # a shard's requests go through its own copy of the policy, counted there
+        requests=policy.requests if shards == 1 else None,
+        retried=policy.retried if shards == 1 else None,
         messages=messages,
         rows_written=rows,
         states=states,
         load_before=load,
-        cpu_by_thread_ms=per_turn_ms(threads, n_turns),
+        cpu_by_thread_ms=per_turn_ms(threads, n_turns) if shards == 1 else None,
+        shards=shards,
+        shards_cpu_s=shards_cpu,
     )
 
 
@@ -310,15 +314,17 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
         f"message. Server: {procs} process(es) of `engine.benchmark.openai_server`, its CPU "
         "counted apart. Ideal makespan = ceil(N / C) × (T × latency + (T − 1) × tool).",
         "",
-        "| in flight | rollouts | turns | loop | HTTP client | wall s | ideal s | efficiency "
-        "| engine CPU/turn | engine CPU (cores) | server CPU/turn | messages | load before |",
-        "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| in flight | shards | rollouts | turns | loop | HTTP client | wall s | ideal s "
+        "| efficiency | engine CPU/turn | engine CPU (cores) | server CPU/turn | messages "
+        "| load before |",
+        "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         per = r.server_cpu_per_turn_ms
         server = f"{per:.3f} ms" if per is not None else "—"
         lines.append(
-            f"| {r.in_flight:,} | {r.rollouts:,} | {r.turns} | {r.loop} | {r.http_client} | "
+            f"| {r.in_flight:,} | {r.shards} | {r.rollouts:,} | {r.turns} | {r.loop} | "
+            f"{r.http_client} | "
             f"{r.wall_s:,.1f} | "
             f"{r.ideal_s:,.1f} | {r.efficiency:.3f} | {r.engine_cpu_per_turn_ms:.3f} ms | "
             f"{r.engine_cpu_share:.2f} | {server} | {r.messages:,} | {r.load_before:.1f} |"
@@ -326,7 +332,8 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
     lines += [
         "",
         "Engine CPU/turn = this process's CPU time (event loop, HTTP client, store writer "
-        "thread) ÷ (rollouts × turns); engine CPU (cores) = that CPU ÷ wall time. The machine's "
+        "thread), plus its shard processes' whole CPU (start-up included) where shards > 1, "
+        "÷ (rollouts × turns); engine CPU (cores) = that CPU ÷ wall time. The machine's "
         "load average before each run is shown: other jobs share its cores.",
         "",
     ]
@@ -341,16 +348,17 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
             "(`engine/benchmark/http_control.py`). Its CPU per turn is what the HTTP client "
             "and JSON alone cost on this machine.",
             "",
-            "| in flight | floor efficiency | floor CPU/turn | engine efficiency "
+            "| in flight | shards | floor efficiency | floor CPU/turn | engine efficiency "
             "| engine CPU/turn | engine ÷ floor | load before floor |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in runs:
             c = r.control
             if c is None:
                 continue
             lines.append(
-                f"| {r.in_flight:,} | {c.efficiency:.3f} | {c.cpu_per_turn_ms:.3f} ms | "
+                f"| {r.in_flight:,} | {r.shards} | {c.efficiency:.3f} | "
+                f"{c.cpu_per_turn_ms:.3f} ms | "
                 f"{r.efficiency:.3f} | {r.engine_cpu_per_turn_ms:.3f} ms | "
                 f"{r.over_floor:.2f}× | {c.load_before:.1f} |"
             )
@@ -368,6 +376,8 @@ def http_markdown(command: str, runs: list[HttpRun], procs: int) -> str:
             "|---:|---|---|",
         ]
         for r in runs:
+            if r.cpu_by_thread_ms is None:
+                continue
             floor = r.control.cpu_by_thread_ms if r.control is not None else None
             lines.append(
                 f"| {r.in_flight:,} | {_threads_cell(r.cpu_by_thread_ms)} | "

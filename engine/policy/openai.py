@@ -91,6 +91,17 @@ class OpenAIPolicy(AsyncResource):
         self.requests = 0
         self.retried = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for another process (a shard): settings only; it opens its own
+        connections and counts its own requests."""
+        state = dict(self.__dict__)
+        state.update(_transport=None, _limit=None, requests=0, retried=0)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._limit = asyncio.Semaphore(self.max_in_flight)
+
     def describe(self) -> dict[str, Any]:
         """A JSON description from which `engine.config` can rebuild this policy."""
         return {
