@@ -40,7 +40,13 @@ from engine.resources import AsyncResource
 from engine.rollout import Limits, Outcome, Rollout, Scorer
 from engine.scheduler import Pending, Scheduler, SchedulerConfig
 from engine.scoring import resolve_scorer
-from engine.shards import ShardPool, ShardReport, check_shards, check_shippable
+from engine.shards import (
+    ShardPool,
+    ShardReport,
+    check_shards,
+    check_shippable,
+    drive_sharded,
+)
 from engine.store import RolloutRecord, TraceStore
 from engine.tasks import Task, check_unique_ids
 from engine.trajectory import TokenTrajectory, rollout_trajectories
@@ -179,21 +185,31 @@ class Engine(AsyncResource):
         self.last_scheduler: Scheduler | None = None
         self.last_shards: list[ShardReport] = []  # the last sharded run's shards
         self.shard_pool: ShardPool | None = None  # with shards > 1, while open
+        self._backend_started = False
+        self._backend_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
         configure_logging()
         await self.store.open()
         try:
-            await self.backend.start()
-            if self.shards > 1:
+            if self.shards > 1:  # this process's backend only if a dead shard's work needs it
                 self.shard_pool = ShardPool(self)
                 await self.shard_pool.start()
+            else:
+                await self.started_backend()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.backend.close()
                 await self.store.close()
             raise
         return self
+
+    async def started_backend(self) -> Backend:
+        """The engine's backend, started on first use (at open, unless sharded)."""
+        async with self._backend_lock:
+            if not self._backend_started:
+                await self.backend.start()
+                self._backend_started = True
+        return self.backend
 
     async def aclose(self) -> None:
         """Close the gateway and the backend, then the store (everything recorded is committed)."""
@@ -204,7 +220,9 @@ class Engine(AsyncResource):
             gateway, self._gateway = self._gateway, None
             if gateway is not None:
                 await gateway.aclose()
-            await self.backend.close()
+            if self._backend_started:
+                self._backend_started = False
+                await self.backend.close()
         finally:
             await self.store.close()
 
@@ -423,8 +441,6 @@ class Engine(AsyncResource):
         status = "interrupted"
         try:
             if self.shards > 1 and len(pending) > 1:
-                from engine.shards import drive_sharded
-
                 await drive_sharded(self, run_id, pending, agent, env, score_fn)
             else:
                 await self.schedule(run_id, pending, agent, env, score_fn)
@@ -444,6 +460,7 @@ class Engine(AsyncResource):
         score_fn: Scorer,
     ) -> None:
         """The one driver: every pending rollout to a result, in this process."""
+        backend = await self.started_backend()
         gateway = await self.gateway() if agent.uses_gateway else None
         show = self.progress if self.progress is not None else len(pending) >= 50
         progress = progress_bar(show)
@@ -459,7 +476,7 @@ class Engine(AsyncResource):
         scheduler = Scheduler(
             run_id=run_id,
             store=self.store,
-            backend=self.backend,
+            backend=backend,
             agent=agent,
             environment=env,
             scorer=score_fn,

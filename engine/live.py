@@ -145,7 +145,7 @@ class LiveRun:
         scheduler = Scheduler(
             run_id=self.id,
             store=store,
-            backend=self.engine.backend,
+            backend=await self.engine.started_backend(),
             gateway=await self.engine.gateway() if uses_gateway else None,
             agent=default,
             environment=self.environment,

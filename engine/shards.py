@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import multiprocessing
 import os
 import pickle
 import resource
 import signal
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("drillyard.shards")
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
 STOP_TIMEOUT = 10.0
 """Seconds a shard has to exit once told to (then SIGTERM), and after SIGTERM
 (then SIGKILL)."""
@@ -232,7 +235,7 @@ class ShardPool(AsyncResource):
                 ours, theirs = self._context.Pipe(duplex=True)
                 proc = self._context.Process(
                     target=shard_main,
-                    args=(pickle.dumps(setups[i]), theirs),
+                    args=(pickle.dumps(setups[i]), theirs, os.getpid()),
                     name=f"drillyard-shard-{i}",
                 )
                 proc.start()
@@ -408,9 +411,21 @@ async def _watch(engine: Engine, run_id: str, total: int, ended: anyio.Event) ->
 # ---- in the shard process ---------------------------------------------------
 
 
-def shard_main(blob: bytes, conn: Connection) -> None:
+def _die_with(parent: int) -> None:
+    """Be killed the moment ``parent`` dies (Linux ``PR_SET_PDEATHSIG``), as if the
+    kill -9 that ended the engine had ended its shards too: nothing then writes to
+    the store behind a later `Engine.resume`."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(1)
+
+
+def shard_main(blob: bytes, conn: Connection, parent: int) -> None:
     """A shard process's body: open the engine, then drive each plan sent until told
-    to stop (None) or the parent goes away."""
+    to stop (an empty message) or the parent goes away."""
+    _die_with(parent)
     try:
         setup: ShardSetup = pickle.loads(blob)
         for kind, name, obj in setup.registered:

@@ -17,7 +17,7 @@ RESULT = ("done", "failed", "timed_out", "error")
 TASKS, SAMPLES = 30, 4
 
 
-def start_run(store: Path, run_id: str) -> subprocess.Popen[bytes]:
+def start_run(store: Path, run_id: str, shards: int = 1) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -37,6 +37,8 @@ def start_run(store: Path, run_id: str) -> subprocess.Popen[bytes]:
         "--run-id",
         run_id,
         "--no-progress",
+        "--shards",
+        str(shards),
     ]
     with (store.parent / f"{run_id}.stderr").open("wb") as err:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
@@ -120,14 +122,44 @@ def resume_and_check(store: Path, run_id: str) -> None:
     assert query(store, "SELECT status FROM runs WHERE id=?", run_id) == [("finished",)]
 
 
-def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_kill_9_mid_run_then_resume(tmp_path: Path, shards: int) -> None:
+    """With shards, the kill takes the shard processes with it (nothing writes
+    behind the resume), and the resume is sharded as the run was."""
     store = tmp_path / "crash.db"
-    proc = start_run(store, "crash")
+    proc = start_run(store, "crash", shards)
     try:
         wait_for_done(store, proc, at_least=16)
+        children = children_of(proc.pid) if sys.platform == "linux" else []
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+    if shards > 1 and sys.platform == "linux":
+        assert len(children) >= shards  # the shards (and multiprocessing's resource tracker)
+        deadline = time.monotonic() + 10
+        while any(alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling a condition, not synchronising on time
+        assert not any(alive(c) for c in children), "a shard outlived the engine"
     assert_consistent(store)
     unfinished = query(store, f"SELECT COUNT(*) FROM rollouts WHERE state NOT IN {RESULT}")[0][0]
     assert isinstance(unfinished, int) and unfinished > 0
@@ -146,9 +178,10 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
         assert cut == interrupted
 
 
-def test_ctrl_c_mid_run_then_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shards", [1, 2])
+def test_ctrl_c_mid_run_then_resume(tmp_path: Path, shards: int) -> None:
     store = tmp_path / "sigint.db"
-    proc = start_run(store, "sigint")
+    proc = start_run(store, "sigint", shards)
     try:
         wait_for_done(store, proc, at_least=16)
         proc.send_signal(signal.SIGINT)

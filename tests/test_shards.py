@@ -61,7 +61,27 @@ class ParentOnlyOracle(CalculatorOracle):
         self.__dict__.update(state)
 
 
+class LoggedBackend(InProcessBackend):
+    """In-process, and each process that starts it says so in ``log``."""
+
+    name = "test.logged"
+
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.log = Path(log)
+
+    async def start(self) -> None:
+        with self.log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        await super().start()
+
+
+def started_in(log: Path) -> list[int]:
+    return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
 registry.register("environments", "test.kill-once", KillOnceEnvironment)
+registry.register("backends", "test.logged", LoggedBackend)
 registry.register("backends", "test.parent-only", ParentOnlyBackend)
 
 
@@ -72,8 +92,11 @@ def agent(latency: float = 0.0) -> Agent:
 async def test_a_sharded_run_records_what_one_process_records(tmp_path: Path) -> None:
     tasks = arithmetic_tasks(12, seed=3)
     results = {}
+    log = tmp_path / "backends"
     for shards in (1, 3):
-        async with Engine(tmp_path / f"s{shards}.db", shards=shards, max_rollouts=9,
+        log.unlink(missing_ok=True)
+        async with Engine(tmp_path / f"s{shards}.db", "test.logged",
+                          backend_options={"log": str(log)}, shards=shards, max_rollouts=9,
                           max_model_requests=9, progress=False) as engine:  # fmt: skip
             run = await engine.run(tasks, agent(), environment="arithmetic", samples=3,
                                    scorer="arithmetic")  # fmt: skip
@@ -93,13 +116,17 @@ async def test_a_sharded_run_records_what_one_process_records(tmp_path: Path) ->
     assert sum(r.rollouts for r in reports) == 36 and min(r.rollouts for r in reports) > 0
     pids = {r.pid for r in reports}
     assert len(pids) == 3 and os.getpid() not in pids
+    # each shard started its own backend; the engine's own stayed unstarted (unneeded)
+    assert sorted(started_in(log)) == sorted(pids)
 
 
 async def test_a_shard_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "killed"
     tasks = arithmetic_tasks(10, seed=5)
     env = EnvSpec("test.kill-once", {"marker": str(marker), "kill_task": tasks[4].id})
-    async with Engine(tmp_path / "t.db", shards=2, max_rollouts=4, max_model_requests=4,
+    log = tmp_path / "backends"
+    async with Engine(tmp_path / "t.db", "test.logged", backend_options={"log": str(log)},
+                      shards=2, max_rollouts=4, max_model_requests=4,
                       progress=False) as engine:  # fmt: skip
         run = await engine.run(tasks, agent(0.01), environment=env, samples=2,
                                scorer="arithmetic")  # fmt: skip
@@ -108,6 +135,7 @@ async def test_a_shard_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
         assert dead[0].exitcode == -signal.SIGKILL
         assert await run.counts() == {"done": 20}
         assert (await engine.store.run(run.id)).status == "finished"
+        assert os.getpid() in started_in(log)  # the engine's own backend, for the leftovers
         for r in await run.rollouts():
             seqs = [m.seq for m in await run.messages(r.id)]
             assert seqs == sorted(set(seqs)), f"{r.id}: a message recorded twice"
