@@ -190,6 +190,7 @@ class ShardPool(AsyncResource):
         self.engine = engine
         self.shards: list[_Shard | None] = [None] * engine.shards
         self._context = multiprocessing.get_context("spawn")
+        self._turn = anyio.Lock()  # one run at a time on the shards: runs started together queue
 
     def _setups(self) -> list[ShardSetup]:
         engine, config = self.engine, self.engine.scheduler_config
@@ -278,7 +279,19 @@ class ShardPool(AsyncResource):
         scorer: Scorer,
     ) -> list[ShardReport]:
         """Deal ``pending`` round-robin to the shards, wait for every shard's report.
-        A shard that died has ``reported=False``; it is started again next run."""
+        A shard that died has ``reported=False``; it is started again next run.
+        Runs on one engine take turns on its shards."""
+        async with self._turn:
+            return await self._drive(run_id, pending, agent, environment, scorer)
+
+    async def _drive(
+        self,
+        run_id: str,
+        pending: list[Pending],
+        agent: AnyAgent,
+        environment: EnvSpec | EnvFactory,
+        scorer: Scorer,
+    ) -> list[ShardReport]:
         from engine.environment import EnvSpec
 
         await self.start()

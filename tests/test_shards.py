@@ -146,6 +146,20 @@ async def test_a_shard_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
         assert os.getpid() not in {r.pid for r in engine.last_shards}
 
 
+async def test_runs_started_together_on_a_sharded_engine_each_finish(tmp_path: Path) -> None:
+    async with Engine(tmp_path / "two.db", shards=2, max_rollouts=4, max_model_requests=4,
+                      progress=False) as engine:  # fmt: skip
+        ids = ["a", "b"]
+        async with anyio.create_task_group() as tg:
+            for run_id, seed in zip(ids, (1, 2), strict=True):
+                tg.start_soon(lambda r=run_id, s=seed: engine.run(
+                    arithmetic_tasks(8, seed=s), agent(0.01), environment="arithmetic",
+                    scorer="arithmetic", run_id=r, samples=2))  # fmt: skip
+        for run_id in ids:
+            assert await engine.open_run(run_id).counts() == {"done": 16}
+            assert (await engine.store.run(run_id)).status == "finished"
+
+
 async def test_a_cancelled_sharded_run_stops_its_shards_and_resumes(tmp_path: Path) -> None:
     tasks = arithmetic_tasks(40, seed=7)
     async with Engine(tmp_path / "c.db", shards=2, max_rollouts=4, max_model_requests=4,
