@@ -281,55 +281,45 @@ class ShardPool(AsyncResource):
         """Deal ``pending`` round-robin to the shards, wait for every shard's report.
         A shard that died has ``reported=False``; it is started again next run.
         Runs on one engine take turns on its shards."""
-        async with self._turn:
-            return await self._drive(run_id, pending, agent, environment, scorer)
-
-    async def _drive(
-        self,
-        run_id: str,
-        pending: list[Pending],
-        agent: AnyAgent,
-        environment: EnvSpec | EnvFactory,
-        scorer: Scorer,
-    ) -> list[ShardReport]:
         from engine.environment import EnvSpec
 
-        await self.start()
-        shards = [s for s in self.shards if s is not None]
-        k = min(len(shards), len(pending))
-        wanted = [("environments", environment.name)] if isinstance(environment, EnvSpec) else []
-        registered = _registered(wanted)
-        given = [
-            (shard, ShardPlan(run_id, [p.record.id for p in pending[i::k]], agent,
-                              environment, scorer, registered))
-            for i, shard in enumerate(shards[:k])
-        ]  # fmt: skip
-        try:
-            blobs = [pickle.dumps(plan) for _, plan in given]  # all, before any is sent
-        except Exception as exc:
-            raise ConfigError(
-                "environment", f"what the run registered cannot reach a shard: {exc}",
-                "register module-level classes and functions, or open the engine with shards=1",
-            ) from exc  # fmt: skip
-        for (shard, _), blob in zip(given, blobs, strict=True):
-            shard.conn.send_bytes(blob)
-        try:
-            answers = await _gather([functools.partial(_receive, s) for s, _ in given])
-        except BaseException:
-            # stopped mid-run: the shards stop too (their rollouts stay unfinished,
-            # for resume); the next run starts fresh ones
-            with anyio.CancelScope(shield=True):
-                await self.aclose(now=True)
-            raise
-        reports = []
-        for (shard, plan), answer in zip(given, answers, strict=True):
-            if isinstance(answer, ShardReport):
-                reports.append(answer)
-            else:
-                reports.append(ShardReport(shard.setup.index, shard.proc.pid,
-                                           len(plan.rollout_ids), shard.proc.exitcode,
-                                           reported=False))  # fmt: skip
-        return reports
+        async with self._turn:
+            await self.start()
+            shards = [s for s in self.shards if s is not None]
+            k = min(len(shards), len(pending))
+            env_name = environment.name if isinstance(environment, EnvSpec) else None
+            registered = _registered([("environments", env_name)] if env_name else [])
+            given = [
+                (shard, ShardPlan(run_id, [p.record.id for p in pending[i::k]], agent,
+                                  environment, scorer, registered))
+                for i, shard in enumerate(shards[:k])
+            ]  # fmt: skip
+            try:
+                blobs = [pickle.dumps(plan) for _, plan in given]  # all, before any is sent
+            except Exception as exc:
+                raise ConfigError(
+                    "environment", f"what the run registered cannot reach a shard: {exc}",
+                    "register module-level classes and functions, or open the engine with shards=1",
+                ) from exc  # fmt: skip
+            for (shard, _), blob in zip(given, blobs, strict=True):
+                shard.conn.send_bytes(blob)
+            try:
+                answers = await _gather([functools.partial(_receive, s) for s, _ in given])
+            except BaseException:
+                # stopped mid-run: the shards stop too (their rollouts stay unfinished,
+                # for resume); the next run starts fresh ones
+                with anyio.CancelScope(shield=True):
+                    await self.aclose(now=True)
+                raise
+            reports = []
+            for (shard, plan), answer in zip(given, answers, strict=True):
+                if isinstance(answer, ShardReport):
+                    reports.append(answer)
+                else:
+                    reports.append(ShardReport(shard.setup.index, shard.proc.pid,
+                                               len(plan.rollout_ids), shard.proc.exitcode,
+                                               reported=False))  # fmt: skip
+            return reports
 
 
 async def _gather(calls: list[Callable[[], Any]]) -> list[Any]:
