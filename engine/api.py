@@ -462,16 +462,13 @@ class Engine(AsyncResource):
         """The one driver: every pending rollout to a result, in this process."""
         backend = await self.started_backend()
         gateway = await self.gateway() if agent.uses_gateway else None
-        show = self.progress if self.progress is not None else len(pending) >= 50
-        progress = progress_bar(show)
+        progress = progress_bar(self.progress, len(pending))
         bar = progress.add_task(run_id, total=len(pending), states="")
         tally: dict[str, int] = {}
 
         def on_result(rollout: Rollout, outcome: Outcome) -> None:
             tally[str(outcome.state)] = tally.get(str(outcome.state), 0) + 1
-            progress.update(
-                bar, advance=1, states=" ".join(f"{k}={v}" for k, v in sorted(tally.items()))
-            )
+            progress.update(bar, advance=1, states=states_text(tally))
 
         scheduler = Scheduler(
             run_id=run_id,
@@ -491,8 +488,10 @@ class Engine(AsyncResource):
         log.info("rollouts driven", run=run_id, **tally)
 
 
-def progress_bar(show: bool) -> Progress:
-    """A run's progress bar: rollouts with a result, by state (hidden unless ``show``)."""
+def progress_bar(setting: bool | None, total: int) -> Progress:
+    """A run's progress bar: rollouts with a result, by state. Shown when ``setting``
+    (the engine's ``progress``) says so; None: for runs of 50 rollouts or more."""
+    show = setting if setting is not None else total >= 50
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -502,6 +501,11 @@ def progress_bar(show: bool) -> Progress:
         disable=not show,
         transient=False,
     )
+
+
+def states_text(counts: dict[str, int]) -> str:
+    """``done=3 failed=1``: the progress bar's tally of results by state."""
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
 
 
 def _task_of(item: Pending) -> Task:

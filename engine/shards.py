@@ -390,10 +390,9 @@ async def drive_sharded(
 async def _watch(engine: Engine, run_id: str, total: int, ended: anyio.Event) -> None:
     """The progress bar of a sharded run: the store's counts, twice a second until
     every shard has ended, and once after."""
-    from engine.api import progress_bar
+    from engine.api import progress_bar, states_text
 
-    show = engine.progress if engine.progress is not None else total >= 50
-    progress = progress_bar(show)
+    progress = progress_bar(engine.progress, total)
     bar = progress.add_task(run_id, total=total, states="")
     before: int | None = None  # rollouts of the run that had a result already (a resume)
     with progress:
@@ -403,8 +402,8 @@ async def _watch(engine: Engine, run_id: str, total: int, ended: anyio.Event) ->
             if before is None:
                 before = sum(counts.values()) - total
             done = sum(n for state, n in counts.items() if state in RESULT_STATES) - before
-            states = " ".join(f"{k}={v}" for k, v in counts.items() if k in RESULT_STATES)
-            progress.update(bar, completed=max(0, min(done, total)), states=states)
+            results = {k: v for k, v in counts.items() if k in RESULT_STATES}
+            progress.update(bar, completed=max(0, min(done, total)), states=states_text(results))
             if last:
                 return
             with anyio.move_on_after(0.5):
